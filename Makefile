@@ -1,0 +1,34 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv, install the pinned CPU torch
+# from constraints.txt (never an unpinned torch, which would pull a multi-GB CUDA build), then the package.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+
+.PHONY: test demo bench lint clean
+
+$(VENV)/.torch:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	touch $@
+
+$(VENV)/.test: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+$(VENV)/.examples: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[examples]"
+	touch $@
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q
+
+demo: $(VENV)/.examples
+	$(PY) -m examples.mnist
+
+lint: $(VENV)/.test
+	$(PY) -m mypy torchsystem_trainer
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
