@@ -1,0 +1,1 @@
+"""MNIST-family classification example: data loading, model and training entry point."""
