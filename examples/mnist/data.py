@@ -334,8 +334,8 @@ def load_dataset(
 
     ``"digits"``: scikit-learn's 1797 bundled 8x8 digits (UCI optdigits), values 0..16 scaled to [0, 1] and not
     standardised. Split 1500 train / 297 test with ``sklearn.model_selection.train_test_split(test_size=297,
-    stratify=labels, random_state=0)``: the same split on every call and machine, each class in the same proportion in both splits.
-    ``data_dir`` and ``download`` are ignored.
+    stratify=labels, random_state=0)``: the same split on every call and machine, each class in the same
+    proportion in both splits. ``data_dir`` and ``download`` are ignored.
 
     ``"mnist"`` / ``"fashion-mnist"``: the original IDX files in ``data_dir`` (``train-images-idx3-ubyte.gz``,
     ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``; each may also be
