@@ -1,0 +1,241 @@
+"""The Trainer's events: past-tense facts it produces, one frozen dataclass each.
+
+Every event carries the ``trainer`` and the ``aggregate``. Counters: ``epoch`` is 0-based; ``batch`` is the
+0-based index of the batch within its epoch's loader; ``step`` is the 1-based count of training batches since
+the run began (resumes included), so the first training batch of a run has ``step == 1``. Batch events carry
+``predictions`` and ``loss`` as tensors: building an event never synchronises the host with the device.
+Phase events carry ``results: dict[str, float]``: ``"loss"`` (the sample-weighted mean over the phase) and every
+configured metric. :class:`Iterated` carries the whole epoch's results flattened as ``"<phase>/<name>"``
+(``"validation/loss"``), the keys callbacks such as ``EarlyStopping`` monitor.
+
+The Trainer builds an event only when some callback handles it, so unhandled events cost nothing per step.
+
+Seed-style consumers (``torchsystem``'s README) read ``event.model`` and ``event.metrics`` (objects with ``name``
+and ``value``); the phase events offer both as read-only views of ``aggregate`` and ``results``. Routing is by
+event class name, as in the seed: a consumer handler annotated with any class named ``Trained`` receives these.
+
+Which events fire, for each way a fit ends (``FitEnded.reason``):
+
+================  ==============================================  =========================================
+ending            cause                                           events at the end, in order
+================  ==============================================  =========================================
+``completed``     ``max_epochs`` epochs ran (one, with no limit)  ... ``Iterated``, ``FitEnded``
+``max_steps``     ``max_steps`` optimizer steps ran               ... ``BatchTrained``, ``Trained``,
+                                                                  ``Iterated``, ``FitEnded``
+``max_time``      ``max_time`` elapsed (checked after each        ... ``BatchTrained``, ``Trained``,
+                  batch)                                          ``Iterated``, ``FitEnded``
+``stopped``       ``trainer.should_stop = True`` (any callback,   the current phase finishes its batch, then
+                  e.g. ``EarlyStopping``) or a ``StopIteration``  ``Trained``/``Validated``, ``Iterated``,
+                  committed by the aggregate's domain events      ``FitEnded`` (``StopIteration`` is raised
+                                                                  at the epoch's end, after ``Iterated``)
+``interrupted``   ``KeyboardInterrupt`` (Ctrl-C)                  ``ExceptionRaised``, ``FitEnded``; ``fit``
+                                                                  returns normally, ``trainer.interrupted``
+``exception``     any other exception from the aggregate, a       ``ExceptionRaised``, ``FitEnded``; then the
+                  loader or a callback                            exception propagates out of ``fit``
+================  ==============================================  =========================================
+
+When a limit or a stop request arrives in the middle of the training phase, the epoch's validation phase is
+skipped (as in Lightning), so ``Iterated.results`` then holds only the ``train/...`` keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.optim import Optimizer
+
+    from torchsystem_trainer.domain import Aggregate
+
+__all__ = [
+    "BatchPredicted",
+    "BatchTested",
+    "BatchTrained",
+    "BatchValidated",
+    "EpochStarted",
+    "ExceptionRaised",
+    "FitEnded",
+    "FitStarted",
+    "GradientsComputed",
+    "Iterated",
+    "Metric",
+    "PhaseStarted",
+    "Predicted",
+    "Tested",
+    "Trained",
+    "Validated",
+    "EVENTS",
+    "EndReason",
+]
+
+EndReason = Literal["completed", "max_steps", "max_time", "stopped", "interrupted", "exception"]
+
+
+class Metric(NamedTuple):
+    """One named result, as the seed's consumers read them (``metric.name``, ``metric.value``)."""
+
+    name: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class FitStarted:
+    """``fit`` set up the strategy, subscribed callbacks and restored any checkpoint; no batch ran yet."""
+
+    trainer: Any
+    aggregate: Aggregate
+
+
+@dataclass(frozen=True, slots=True)
+class EpochStarted:
+    """An epoch (0-based ``epoch``) begins."""
+
+    trainer: Any
+    aggregate: Aggregate
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseStarted:
+    """A phase (``"train"``, ``"validation"``, ``"test"``, ``"predict"``) begins over its loader."""
+
+    trainer: Any
+    aggregate: Aggregate
+    epoch: int
+    phase: str
+
+
+@dataclass(frozen=True, slots=True)
+class GradientsComputed:
+    """Gradients of an optimizer step are ready: after backward (unscaled, averaged over accumulated batches,
+    clipped), before ``optimizer.step()``. ``step`` is the training batch that completes the step."""
+
+    trainer: Any
+    aggregate: Aggregate
+    epoch: int
+    step: int
+    optimizer: Optimizer
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchEvent:
+    trainer: Any
+    aggregate: Aggregate
+    epoch: int
+    batch: int
+    step: int
+    predictions: Any
+    loss: Tensor
+    targets: Any
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTrained(_BatchEvent):
+    """The aggregate's ``fit`` ran on one training batch. ``loss``: ``[]`` tensor, not detached from its device."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchValidated(_BatchEvent):
+    """The aggregate's ``evaluate`` ran on one validation batch (``step``: training batches so far)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchTested(_BatchEvent):
+    """The aggregate's ``evaluate`` ran on one test batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPredicted:
+    """The aggregate predicted one batch."""
+
+    trainer: Any
+    aggregate: Aggregate
+    batch: int
+    predictions: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _PhaseEvent:
+    trainer: Any
+    aggregate: Aggregate
+    epoch: int
+    results: dict[str, float]
+
+    @property
+    def model(self) -> Aggregate:
+        """The aggregate, under the seed's name."""
+        return self.aggregate
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """The results as the seed's ``Metric`` objects (``name``, ``value``)."""
+        return tuple(Metric(name, value) for name, value in self.results.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Trained(_PhaseEvent):
+    """The training phase of an epoch ended; ``results`` hold its loss and metrics."""
+
+
+@dataclass(frozen=True, slots=True)
+class Validated(_PhaseEvent):
+    """A validation phase ended (in ``fit`` or ``validate``); ``results`` hold its loss and metrics."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tested(_PhaseEvent):
+    """A test phase ended (``Trainer.test``); ``results`` hold its loss and metrics."""
+
+
+@dataclass(frozen=True, slots=True)
+class Iterated(_PhaseEvent):
+    """An epoch over all loaders ended. ``results`` hold every phase's results as ``"<phase>/<name>"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Predicted:
+    """``Trainer.predict`` ended; ``predictions`` holds one entry per batch."""
+
+    trainer: Any
+    aggregate: Aggregate
+    predictions: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionRaised:
+    """``fit`` is ending because of ``exception`` (a ``KeyboardInterrupt`` included)."""
+
+    trainer: Any
+    aggregate: Aggregate
+    exception: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class FitEnded:
+    """``fit`` ended, for ``reason`` (see the module's table). The last event of every fit."""
+
+    trainer: Any
+    aggregate: Aggregate
+    reason: EndReason
+
+
+EVENTS: tuple[type, ...] = (
+    FitStarted,
+    EpochStarted,
+    PhaseStarted,
+    GradientsComputed,
+    BatchTrained,
+    BatchValidated,
+    BatchTested,
+    BatchPredicted,
+    Trained,
+    Validated,
+    Tested,
+    Iterated,
+    Predicted,
+    ExceptionRaised,
+    FitEnded,
+)
+"""Every event the Trainer produces, in the order of the hook names a callback may define."""

@@ -1,0 +1,20 @@
+"""Strategies: devices, precision, data parallelism and collectives."""
+
+from torchsystem_trainer.strategies.precision import PRECISIONS, Precision, PrecisionType
+from torchsystem_trainer.strategies.resolve import STRATEGY_NAMES, resolve_strategy
+from torchsystem_trainer.strategies.single_device import SingleDeviceStrategy, resolve_device
+from torchsystem_trainer.strategies.strategy import CLIP_ALGORITHMS, ClipAlgorithm, ReduceOp, Strategy
+
+__all__ = [
+    "CLIP_ALGORITHMS",
+    "ClipAlgorithm",
+    "PRECISIONS",
+    "Precision",
+    "PrecisionType",
+    "ReduceOp",
+    "STRATEGY_NAMES",
+    "SingleDeviceStrategy",
+    "Strategy",
+    "resolve_device",
+    "resolve_strategy",
+]

@@ -1,0 +1,521 @@
+"""The Trainer: owns the epoch -> phase -> batch loop and produces events; decides nothing else.
+
+Devices, precision and processes belong to the :class:`~torchsystem_trainer.strategies.Strategy`; logging,
+checkpointing and stopping rules belong to callbacks, which are consumers of the events in
+:mod:`torchsystem_trainer.events`. Argument names and meanings follow Lightning's ``Trainer`` where they match.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import Module
+
+from torchsystem_trainer.events import (
+    BatchPredicted,
+    BatchTested,
+    BatchTrained,
+    BatchValidated,
+    EndReason,
+    EpochStarted,
+    ExceptionRaised,
+    FitEnded,
+    FitStarted,
+    GradientsComputed,
+    Iterated,
+    PhaseStarted,
+    Predicted,
+    Tested,
+    Trained,
+    Validated,
+)
+from torchsystem_trainer.services import Consumer
+from torchsystem_trainer.strategies import CLIP_ALGORITHMS, Strategy, resolve_strategy
+from torchsystem_trainer.strategies.binding import find_optimizers
+from torchsystem_trainer.trainer import arguments as check
+from torchsystem_trainer.trainer.dispatch import EventBus
+from torchsystem_trainer.trainer.loaders import (
+    batch_size,
+    batch_targets,
+    call_step,
+    limit_of,
+    normalize_loaders,
+)
+from torchsystem_trainer.trainer.progress import Progress
+from torchsystem_trainer.trainer.results import PhaseResults, build_metrics
+from torchsystem_trainer.trainer.seeding import deterministic_algorithms, seed_everything
+
+__all__ = ["Trainer"]
+
+_EVALUATION_EVENTS = {"validation": (BatchValidated, Validated), "test": (BatchTested, Tested)}
+
+
+class Trainer:
+    """Trains, validates, tests and predicts with an aggregate, producing events for its callbacks.
+
+    With no limit at all (``max_epochs``, ``max_steps``, ``max_time`` all ``None``) a fit runs one epoch, as
+    Keras' ``epochs=1``; with only ``max_steps`` or ``max_time``, epochs repeat until that limit.
+
+    Args:
+        callbacks: consumers of the events, dispatched in list order: ``Callback`` subclasses, or any
+            ``Consumer`` (seed style, handlers with ``Depends``). Checked here: a ``Callback`` method that looks
+            like a hook (``on_...``) but matches no event raises.
+        strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
+            ``"cuda"``, ``"mps"``, ``"ddp"``.
+        max_epochs: stop after this many epochs (>= 0).
+        max_steps: stop after this many optimizer steps (>= 0); with gradient accumulation a step spans
+            ``accumulate_grad_batches`` batches.
+        max_time: stop after this wall-clock time, checked after every training batch: seconds, a
+            ``timedelta``, or ``"DD:HH:MM:SS"``.
+        metrics: a torchmetrics ``Metric``, ``MetricCollection`` or ``{name: Metric}``; cloned per phase,
+            updated on the device with ``(predictions, targets)``, computed and reset at each phase's end.
+        accumulate_grad_batches: batches per optimizer step (>= 1); the step uses the mean gradient.
+        gradient_clip_val: clip gradients to this 2-norm (or absolute value), after unscaling; ``None``: no clip.
+        gradient_clip_algorithm: ``"norm"`` or ``"value"``.
+        check_val_every_n_epoch: run the validation phase on every n-th epoch (>= 1).
+        limit_train_batches, limit_val_batches: run at most this many batches per epoch (an ``int``), or this
+            fraction of the loader (a ``float`` in ``[0, 1]``).
+        fast_dev_run: ``True`` (or n): one epoch of 1 (or n) training and validation batches, to smoke-test a
+            set-up; ``ModelCheckpoint`` and ``TensorBoardLogger`` write nothing then.
+        enable_progress_bar: add a ``ProgressBar``; ``None`` means when stdout is a terminal.
+        default_root_dir: where callbacks put files when not told otherwise (default ``./runs``).
+        seed: seed Python, NumPy and torch at the start of every ``fit`` (see ``seed_everything``).
+        deterministic: use deterministic algorithms during ``fit`` (``torch.use_deterministic_algorithms``).
+        precision: the precision of a strategy given by name: ``"32-true"`` (default), ``"64-true"``,
+            ``"bf16-mixed"``, ``"16-mixed"``.
+
+    Raises:
+        ValueError: for an invalid value, naming the argument, the value and what is valid.
+        TypeError: for a callback that is not a consumer, or an argument of the wrong type.
+    """
+
+    def __init__(
+        self,
+        callbacks: Sequence[Consumer] = (),
+        strategy: str | Strategy = "auto",
+        max_epochs: int | None = None,
+        max_steps: int | None = None,
+        max_time: float | timedelta | str | None = None,
+        metrics: Any = None,
+        accumulate_grad_batches: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        check_val_every_n_epoch: int = 1,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+        fast_dev_run: bool | int = False,
+        enable_progress_bar: bool | None = None,
+        default_root_dir: str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        deterministic: bool = False,
+        precision: str | None = None,
+    ) -> None:
+        self.max_epochs = check.non_negative_int("max_epochs", max_epochs)
+        self.max_steps = check.non_negative_int("max_steps", max_steps)
+        self.max_time = check.seconds("max_time", max_time)
+        self.accumulate_grad_batches = check.positive_int("accumulate_grad_batches", accumulate_grad_batches)
+        self.gradient_clip_val = check.non_negative_float("gradient_clip_val", gradient_clip_val)
+        self.gradient_clip_algorithm = check.choice("gradient_clip_algorithm", gradient_clip_algorithm, CLIP_ALGORITHMS)
+        self.check_val_every_n_epoch = check.positive_int("check_val_every_n_epoch", check_val_every_n_epoch)
+        self.limit_train_batches = check.limit("limit_train_batches", limit_train_batches)
+        self.limit_val_batches = check.limit("limit_val_batches", limit_val_batches)
+        fast = check.fast_dev_run(fast_dev_run)
+        self.fast_dev_run: int = fast
+        if fast:
+            self.max_epochs, self.max_steps, self.max_time = 1, None, None
+            self.limit_train_batches = self.limit_val_batches = fast
+        elif self.max_epochs is None and self.max_steps is None and self.max_time is None:
+            self.max_epochs = 1
+        self.seed = None if seed is None else check.non_negative_int("seed", seed)
+        self.deterministic = bool(deterministic)
+        self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
+        self.metrics = build_metrics(metrics)
+        self.strategy: Strategy = resolve_strategy(strategy, precision)
+        self.callbacks: list[Consumer] = self._with_progress_bar(list(callbacks), enable_progress_bar)
+        self._subscriptions = check.subscriptions(self.callbacks)
+
+        self.progress = Progress()
+        self.should_stop = False
+        self.interrupted = False
+        self.callback_metrics: dict[str, float] = {}
+        self._bus = EventBus([], [])
+        self._phase_results: dict[str, PhaseResults] = {}
+
+    # -- Lightning-style read-only views ----------------------------------------------------------------
+
+    @property
+    def current_epoch(self) -> int:
+        """0-based index of the epoch running now (``progress.epoch``)."""
+        return self.progress.epoch
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps since the run began (``progress.global_step``)."""
+        return self.progress.global_step
+
+    @property
+    def is_global_zero(self) -> bool:
+        """Whether this process has global rank 0 (the strategy's)."""
+        return self.strategy.is_global_zero
+
+    @property
+    def world_size(self) -> int:
+        """Number of processes sharing the work (the strategy's)."""
+        return self.strategy.world_size
+
+    @property
+    def global_rank(self) -> int:
+        """0-based rank of this process (the strategy's)."""
+        return self.strategy.global_rank
+
+    # -- public API -------------------------------------------------------------------------------------
+
+    def fit(self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None) -> None:
+        """Train ``aggregate`` on the ``"train"`` loader, validating on the ``"validation"`` loader if given.
+
+        ``loaders``: ``[("train", dl), ("validation", dl)]`` as in the seed, ``{"train": dl, ...}``, or one
+        loader (training only). A batch is ``(inputs, targets)`` (``aggregate.fit(inputs, targets)``), another
+        tuple or list (``fit(*batch)``) or a dict (``fit(**batch)``); ``fit``/``evaluate`` return
+        ``(predictions, loss)``. Events, in order (handlers run in callback-list order)::
+
+            FitStarted
+            for epoch in epochs:                              # until a limit or a stop
+                EpochStarted(epoch)
+                PhaseStarted("train")
+                for batch in train_loader:                    # aggregate in 'train' phase, under autocast
+                    aggregate.fit(*batch)                     #   GradientsComputed before each optimizer step
+                    BatchTrained(epoch, batch, step)
+                Trained(results)
+                if validation is due:                         # every check_val_every_n_epoch epochs
+                    PhaseStarted("validation")
+                    for batch in validation_loader:           # 'evaluation' phase, torch.inference_mode()
+                        aggregate.evaluate(*batch)
+                        BatchValidated(epoch, batch, step)
+                    Validated(results)
+                aggregate.epoch += 1                          # fires onepoch; a committed StopIteration stops
+                Iterated(results as "<phase>/<name>")
+            FitEnded(reason)                                  # always last; see the events module's table
+
+        Args:
+            aggregate: an ``Aggregate`` (or any module with ``fit`` and ``evaluate`` methods).
+            loaders: the loaders, as above.
+            ckpt_path: resume from this checkpoint file, or ``"last"``/``"best"`` (the ``ModelCheckpoint``
+                callback's newest/best file; ``"last"`` with none yet starts from scratch).
+
+        Raises:
+            ValueError: for loaders without a ``"train"`` phase or with a phase ``fit`` does not run.
+            TypeError: for an aggregate without ``fit``/``evaluate``, or a bad batch or return value.
+            Exception: whatever the aggregate, a loader or a callback raises, after ``ExceptionRaised`` and
+                ``FitEnded``; ``KeyboardInterrupt`` instead ends the fit cleanly (``trainer.interrupted``).
+        """
+        check.aggregate(aggregate, ("fit", "evaluate"), "fit")
+        pairs = normalize_loaders(loaders, ("train", "validation"), "fit")
+        if "train" not in dict(pairs):
+            raise ValueError("Trainer.fit: loaders has no 'train' loader; give [('train', loader), ...]")
+        self.strategy.launch(self._fit, aggregate, pairs, ckpt_path)
+
+    def validate(self, aggregate: Module, loaders: Any) -> dict[str, float]:
+        """Run one validation phase (``PhaseStarted``, ``BatchValidated``..., ``Validated``).
+
+        Args:
+            aggregate: the aggregate, with an ``evaluate`` method.
+            loaders: one loader, ``[("validation", loader)]`` or ``{"validation": loader}``.
+
+        Returns:
+            The results: ``{"loss": ..., <metric>: ...}``.
+
+        Raises:
+            ValueError, TypeError: as for :meth:`fit`.
+        """
+        return self._evaluate_only(aggregate, loaders, "validation")
+
+    def test(self, aggregate: Module, loaders: Any) -> dict[str, float]:
+        """Run one test phase (``PhaseStarted``, ``BatchTested``..., ``Tested``); see :meth:`validate`.
+
+        Returns:
+            The results: ``{"loss": ..., <metric>: ...}``.
+
+        Raises:
+            ValueError, TypeError: as for :meth:`fit`.
+        """
+        return self._evaluate_only(aggregate, loaders, "test")
+
+    def predict(self, aggregate: Module, loader: Iterable[Any]) -> list[Any]:
+        """Predict every batch of ``loader`` in the ``'evaluation'`` phase under ``torch.inference_mode()``.
+
+        Each batch goes to ``aggregate.predict(batch)`` when the aggregate has a ``predict`` method, else to its
+        forward: a tensor batch as it is, a tuple or list batch's first element (the inputs).
+
+        Returns:
+            One entry per batch, what ``predict``/forward returned (``BatchPredicted`` each, then ``Predicted``).
+
+        Raises:
+            TypeError: for a batch that is neither a tensor, a tuple nor a list, when there is no ``predict``.
+        """
+        check.aggregate(aggregate, (), "predict")
+        (_, loader), = normalize_loaders(loader, ("predict",), "predict")
+        return self.strategy.launch(self._predict, aggregate, loader)
+
+    # -- the run ----------------------------------------------------------------------------------------
+
+    def _start(self, aggregate: Module) -> None:
+        """What every entry point does first, in every process: set up the strategy and the event bus."""
+        self.strategy.configure(
+            accumulate_grad_batches=self.accumulate_grad_batches,
+            gradient_clip_val=self.gradient_clip_val,
+            gradient_clip_algorithm=self.gradient_clip_algorithm,  # type: ignore[arg-type]
+            on_gradients=self._on_gradients,
+        )
+        self.strategy.setup(aggregate)  # type: ignore[arg-type]
+        zero = self.strategy.is_global_zero
+        kept = [
+            (callback, table)
+            for callback, table in zip(self.callbacks, self._subscriptions)
+            if zero or not getattr(callback, "rank_zero_only", False)
+        ]
+        self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
+        self._aggregate = aggregate
+        self._phase_results = {}
+
+    def _results_of(self, phase: str) -> PhaseResults:
+        results = self._phase_results.get(phase)
+        if results is None:
+            metrics = None if self.metrics is None else self.metrics.clone().to(self.strategy.root_device)
+            results = self._phase_results[phase] = PhaseResults(metrics)
+        return results
+
+    def _on_gradients(self, optimizer: Any) -> None:
+        progress = self.progress
+        self._bus.emit(GradientsComputed, self, self._aggregate, progress.epoch, progress.step + 1, optimizer)
+
+    def _fit(self, aggregate: Module, pairs: list[tuple[str, Iterable[Any]]], ckpt_path: Any) -> None:
+        if self.seed is not None:
+            seed_everything(self.seed)
+        self._start(aggregate)
+        self.should_stop = self.interrupted = False
+        self.progress = Progress()
+        if "epoch" not in aggregate.__dict__:
+            aggregate.__dict__["epoch"] = 0  # a first value, which fires no onepoch
+        loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
+        reason: EndReason = "exception"
+        bus = self._bus
+        try:
+            with deterministic_algorithms(self.deterministic):
+                if ckpt_path is not None:
+                    self._restore(aggregate, ckpt_path)
+                bus.emit(FitStarted, self, aggregate)
+                reason = self._run_epochs(aggregate, loaders)
+        except KeyboardInterrupt as error:
+            reason, self.interrupted = "interrupted", True
+            bus.emit(ExceptionRaised, self, aggregate, error)
+        except BaseException as error:
+            bus.emit(ExceptionRaised, self, aggregate, error)
+            raise
+        finally:
+            try:
+                bus.emit(FitEnded, self, aggregate, reason)
+            finally:
+                self.strategy.teardown(aggregate)  # type: ignore[arg-type]
+
+    def _run_epochs(self, aggregate: Module, loaders: list[tuple[str, Iterable[Any]]]) -> EndReason:
+        progress, bus = self.progress, self._bus
+        deadline = None if self.max_time is None else time.monotonic() + self.max_time
+        reason: EndReason | None = None
+        while self.max_epochs is None or progress.epoch < self.max_epochs:
+            epoch = progress.epoch
+            bus.emit(EpochStarted, self, aggregate, epoch)
+            flat: dict[str, float] = {}
+            for phase, loader in loaders:
+                if phase == "train":
+                    results, reason, cut_short = self._train(aggregate, loader, deadline)
+                    bus.emit(Trained, self, aggregate, epoch, results)
+                elif cut_short or (epoch + 1) % self.check_val_every_n_epoch:
+                    continue
+                else:
+                    results = self._evaluate(aggregate, loader, phase, self.limit_val_batches)
+                flat.update({f"{phase}/{name}": value for name, value in results.items()})
+            self.callback_metrics = flat
+            progress.epoch, progress.batch = epoch + 1, 0
+            try:
+                aggregate.epoch = aggregate.epoch + 1  # type: ignore[operator]
+            except StopIteration:  # the seed's early stopping: a StopIteration committed at onepoch
+                reason = reason or "stopped"
+            bus.emit(Iterated, self, aggregate, epoch, flat)
+            if reason is None and self.should_stop:
+                reason = "stopped"
+            if reason is not None:
+                return reason
+        return "completed"
+
+    def _train(
+        self, aggregate: Module, loader: Iterable[Any], deadline: float | None
+    ) -> tuple[dict[str, float], EndReason | None, bool]:
+        """Run one training phase. Returns its results, why the fit must stop (or ``None``), and whether the
+        phase was cut short before the loader's end."""
+        strategy, progress, bus = self.strategy, self.progress, self._bus
+        aggregate.phase = "train"  # type: ignore[assignment]
+        epoch = progress.epoch
+        bus.emit(PhaseStarted, self, aggregate, epoch, "train")
+        results = self._results_of("train")
+        if progress.batch == 0:
+            results.reset()
+        limit = limit_of(loader, self.limit_train_batches, "limit_train_batches")
+        total = _length(loader) if limit is None else min(limit, _length(loader) or limit)
+        fit, owner = aggregate.fit, f"{type(aggregate).__name__}.fit"  # type: ignore[union-attr]
+        to_device, context = strategy.batch_to_device, strategy.train_step_context
+        accumulate, max_steps = self.accumulate_grad_batches, self.max_steps
+        listeners = bus.handlers(BatchTrained)
+        wants_targets = results.metrics is not None or bool(listeners)
+        reason: EndReason | None = None
+        index = progress.batch - 1
+        for index, batch in enumerate(loader, start=progress.batch):
+            if limit is not None and index >= limit:
+                index -= 1
+                break
+            batch = to_device(batch)
+            if accumulate > 1:
+                position = index % accumulate
+                strategy.window_start = position == 0
+                strategy.accumulating = position != accumulate - 1 and index + 1 != total
+            with context():
+                predictions, loss = call_step(fit, batch, owner)
+            targets = batch_targets(batch) if wants_targets else None
+            results.update(loss, batch_size(batch), predictions, targets)
+            progress.batch = index + 1
+            progress.step += 1
+            if not strategy.accumulating:
+                progress.global_step += 1
+            if listeners:
+                event = BatchTrained(self, aggregate, epoch, index, progress.step, predictions, loss, targets)  # type: ignore[arg-type]
+                for handler in listeners:
+                    handler(event)
+            if self.should_stop:
+                reason = "stopped"
+            elif max_steps is not None and progress.global_step >= max_steps:
+                reason = "max_steps"
+            elif deadline is not None and time.monotonic() >= deadline:
+                reason = "max_time"
+            else:
+                continue
+            break
+        if strategy.accumulating:  # the loader ended inside an accumulation window of unknown length
+            strategy.accumulating = False
+            for optimizer in find_optimizers(aggregate):
+                optimizer.step()
+            progress.global_step += 1
+        strategy.accumulating, strategy.window_start = False, True
+        cut_short = reason is not None and (total is None or index + 1 < total)
+        return results.compute(self._reduce), reason, cut_short
+
+    def _evaluate(self, aggregate: Module, loader: Iterable[Any], phase: str, limit_arg: Any) -> dict[str, float]:
+        """Run one validation or test phase and emit its events; returns its results."""
+        strategy, progress, bus = self.strategy, self.progress, self._bus
+        batch_event, phase_event = _EVALUATION_EVENTS[phase]
+        aggregate.phase = "evaluation"  # type: ignore[assignment]
+        epoch = progress.epoch
+        bus.emit(PhaseStarted, self, aggregate, epoch, phase)
+        results = self._results_of(phase)
+        results.reset()
+        limit = limit_of(loader, limit_arg, "limit_val_batches")
+        evaluate, owner = aggregate.evaluate, f"{type(aggregate).__name__}.evaluate"  # type: ignore[union-attr]
+        to_device = strategy.batch_to_device
+        listeners = bus.handlers(batch_event)
+        wants_targets = results.metrics is not None or bool(listeners)
+        with torch.inference_mode(), strategy.forward_context():
+            for index, batch in enumerate(loader):
+                if limit is not None and index >= limit:
+                    break
+                batch = to_device(batch)
+                predictions, loss = call_step(evaluate, batch, owner)
+                targets = batch_targets(batch) if wants_targets else None
+                results.update(loss, batch_size(batch), predictions, targets)
+                if listeners:
+                    event = batch_event(self, aggregate, epoch, index, progress.step, predictions, loss, targets)
+                    for handler in listeners:
+                        handler(event)
+        computed = results.compute(self._reduce)
+        bus.emit(phase_event, self, aggregate, epoch, computed)
+        return computed
+
+    def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str) -> dict[str, float]:
+        check.aggregate(aggregate, ("evaluate",), phase if phase == "test" else "validate")
+        (_, loader), = normalize_loaders(loaders, (phase,), "test" if phase == "test" else "validate")
+
+        def run() -> dict[str, float]:
+            self._start(aggregate)
+            try:
+                loader_ = self.strategy.process_dataloader(loader, phase)
+                limit = self.limit_val_batches if phase == "validation" else None
+                return self._evaluate(aggregate, loader_, phase, limit)
+            finally:
+                self.strategy.teardown(aggregate)  # type: ignore[arg-type]
+
+        return self.strategy.launch(run)
+
+    def _predict(self, aggregate: Module, loader: Iterable[Any]) -> list[Any]:
+        self._start(aggregate)
+        try:
+            aggregate.phase = "evaluation"  # type: ignore[assignment]
+            bus, to_device = self._bus, self.strategy.batch_to_device
+            bus.emit(PhaseStarted, self, aggregate, self.progress.epoch, "predict")
+            predict: Callable[[Any], Any] | None = getattr(aggregate, "predict", None)
+            predictions: list[Any] = []
+            with torch.inference_mode(), self.strategy.forward_context():
+                for index, batch in enumerate(self.strategy.process_dataloader(loader, "predict")):
+                    batch = to_device(batch)
+                    output = predict(batch) if predict is not None else aggregate(_inputs_of(batch))
+                    predictions.append(output)
+                    bus.emit(BatchPredicted, self, aggregate, index, output)
+            bus.emit(Predicted, self, aggregate, predictions)
+            return predictions
+        finally:
+            self.strategy.teardown(aggregate)  # type: ignore[arg-type]
+
+    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.strategy.all_reduce(tensor, "sum") if self.strategy.world_size > 1 else tensor
+
+    # -- persistence ------------------------------------------------------------------------------------
+
+    def _restore(self, aggregate: Module, ckpt_path: Any) -> None:
+        from torchsystem_trainer.checkpoint import resolve_checkpoint_path, restore
+
+        path = resolve_checkpoint_path(self, ckpt_path)
+        if path is not None:
+            restore(self, aggregate, path)
+
+    def _with_progress_bar(self, callbacks: list[Consumer], enabled: bool | None) -> list[Consumer]:
+        has_bar = any(getattr(callback, "is_progress_bar", False) for callback in callbacks)
+        if enabled is False and has_bar:
+            raise ValueError("enable_progress_bar=False, but callbacks holds a progress bar: remove one of them")
+        if enabled is None:
+            enabled = sys.stdout.isatty()
+        if enabled and not has_bar:
+            from torchsystem_trainer.callbacks.progress_bar import ProgressBar  # the one upward import: a default
+
+            callbacks.append(ProgressBar())
+        return callbacks
+
+
+def _length(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _inputs_of(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0]
+    raise TypeError(
+        f"Trainer.predict: a batch is a tensor, or a tuple or list whose first element is the inputs; got a "
+        f"{type(batch).__name__} (or give the aggregate a predict(batch) method)"
+    )
