@@ -289,9 +289,6 @@ def seed_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for name in [name for name in sys.modules if name == "src" or name.startswith("src.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(tmp_path))
-    package = importlib.import_module("torchsystem_trainer")
-    if not hasattr(package, "Depends"):  # until the package __init__ re-exports it, as the seed imports it
-        monkeypatch.setattr(package, "Depends", Depends, raising=False)
     yield tmp_path
     for name in [name for name in sys.modules if name == "src" or name.startswith("src.")]:
         del sys.modules[name]
