@@ -99,12 +99,15 @@ class EpochStarted:
 
 @dataclass(frozen=True, slots=True)
 class PhaseStarted:
-    """A phase (``"train"``, ``"validation"``, ``"test"``, ``"predict"``) begins over its loader."""
+    """A phase (``"train"``, ``"validation"``, ``"test"``, ``"predict"``) begins over its loader. ``batches`` is
+    how many batches it will run (the loader's length after ``limit_*_batches``), ``None`` when the loader has no
+    length."""
 
     trainer: Any
     aggregate: Aggregate
     epoch: int
     phase: str
+    batches: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -362,12 +362,12 @@ class Trainer:
         strategy, progress, bus = self.strategy, self.progress, self._bus
         aggregate.phase = "train"  # type: ignore[assignment]
         epoch = progress.epoch
-        bus.emit(PhaseStarted, self, aggregate, epoch, "train")
+        limit = limit_of(loader, self.limit_train_batches, "limit_train_batches")
+        total = _planned(loader, limit)
+        bus.emit(PhaseStarted, self, aggregate, epoch, "train", total)
         results = self._results_of("train")
         if progress.batch == 0:
             results.reset()
-        limit = limit_of(loader, self.limit_train_batches, "limit_train_batches")
-        total = _length(loader) if limit is None else min(limit, _length(loader) or limit)
         fit, owner = aggregate.fit, f"{type(aggregate).__name__}.fit"  # type: ignore[union-attr]
         to_device, context = strategy.batch_to_device, strategy.train_step_context
         accumulate, max_steps = self.accumulate_grad_batches, self.max_steps
@@ -420,10 +420,10 @@ class Trainer:
         batch_event, phase_event = _EVALUATION_EVENTS[phase]
         aggregate.phase = "evaluation"  # type: ignore[assignment]
         epoch = progress.epoch
-        bus.emit(PhaseStarted, self, aggregate, epoch, phase)
+        limit = limit_of(loader, limit_arg, "limit_val_batches")
+        bus.emit(PhaseStarted, self, aggregate, epoch, phase, _planned(loader, limit))
         results = self._results_of(phase)
         results.reset()
-        limit = limit_of(loader, limit_arg, "limit_val_batches")
         evaluate, owner = aggregate.evaluate, f"{type(aggregate).__name__}.evaluate"  # type: ignore[union-attr]
         to_device = strategy.batch_to_device
         listeners = bus.handlers(batch_event)
@@ -464,11 +464,12 @@ class Trainer:
         try:
             aggregate.phase = "evaluation"  # type: ignore[assignment]
             bus, to_device = self._bus, self.strategy.batch_to_device
-            bus.emit(PhaseStarted, self, aggregate, self.progress.epoch, "predict")
+            loader = self.strategy.process_dataloader(loader, "predict")
+            bus.emit(PhaseStarted, self, aggregate, self.progress.epoch, "predict", _length(loader))
             predict: Callable[[Any], Any] | None = getattr(aggregate, "predict", None)
             predictions: list[Any] = []
             with torch.inference_mode(), self.strategy.forward_context():
-                for index, batch in enumerate(self.strategy.process_dataloader(loader, "predict")):
+                for index, batch in enumerate(loader):
                     batch = to_device(batch)
                     output = predict(batch) if predict is not None else aggregate(_inputs_of(batch))
                     predictions.append(output)
@@ -508,6 +509,14 @@ def _length(loader: Iterable[Any]) -> int | None:
         return len(loader)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _planned(loader: Iterable[Any], limit: int | None) -> int | None:
+    """How many batches a phase will run: the loader's length, capped by ``limit``; ``None`` if unknown."""
+    length = _length(loader)
+    if limit is None:
+        return length
+    return limit if length is None else min(limit, length)
 
 
 def _inputs_of(batch: Any) -> Any:
