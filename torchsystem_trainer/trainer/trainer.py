@@ -362,6 +362,9 @@ class Trainer:
         strategy, progress, bus = self.strategy, self.progress, self._bus
         aggregate.phase = "train"  # type: ignore[assignment]
         epoch = progress.epoch
+        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
+        if callable(set_epoch):  # DistributedSampler and friends reshuffle per epoch
+            set_epoch(epoch)
         limit = limit_of(loader, self.limit_train_batches, "limit_train_batches")
         total = _planned(loader, limit)
         bus.emit(PhaseStarted, self, aggregate, epoch, "train", total)
