@@ -159,7 +159,7 @@ def rng_state() -> dict[str, Any]:
     except ImportError:
         return state
     kind, keys, position, has_gauss, cached = numpy.random.get_state()
-    state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), int(position), int(has_gauss), float(cached)]
+    state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), int(position), int(has_gauss), float(cached)]  # type: ignore[attr-defined]
     return state
 
 

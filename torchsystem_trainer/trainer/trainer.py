@@ -265,7 +265,7 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------------------
 
-    def _start(self, aggregate: Module) -> None:
+    def _start(self, aggregate: Any) -> None:
         """What every entry point does first, in every process: set up the strategy and the event bus."""
         self.strategy.configure(
             accumulate_grad_batches=self.accumulate_grad_batches,
@@ -273,7 +273,7 @@ class Trainer:
             gradient_clip_algorithm=self.gradient_clip_algorithm,  # type: ignore[arg-type]
             on_gradients=self._on_gradients,
         )
-        self.strategy.setup(aggregate)  # type: ignore[arg-type]
+        self.strategy.setup(aggregate)
         zero = self.strategy.is_global_zero
         kept = [
             (callback, table)
@@ -295,7 +295,7 @@ class Trainer:
         progress = self.progress
         self._bus.emit(GradientsComputed, self, self._aggregate, progress.epoch, progress.step + 1, optimizer)
 
-    def _fit(self, aggregate: Module, pairs: list[tuple[str, Iterable[Any]]], ckpt_path: Any) -> None:
+    def _fit(self, aggregate: Any, pairs: list[tuple[str, Iterable[Any]]], ckpt_path: Any) -> None:
         if self.seed is not None:
             seed_everything(self.seed)
         self._start(aggregate)
@@ -324,7 +324,7 @@ class Trainer:
             finally:
                 self.strategy.teardown(aggregate)  # type: ignore[arg-type]
 
-    def _run_epochs(self, aggregate: Module, loaders: list[tuple[str, Iterable[Any]]]) -> EndReason:
+    def _run_epochs(self, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]]) -> EndReason:
         progress, bus = self.progress, self._bus
         deadline = None if self.max_time is None else time.monotonic() + self.max_time
         reason: EndReason | None = None
@@ -344,7 +344,7 @@ class Trainer:
             self.callback_metrics = flat
             progress.epoch, progress.batch = epoch + 1, 0
             try:
-                aggregate.epoch = aggregate.epoch + 1  # type: ignore[operator]
+                aggregate.epoch = aggregate.epoch + 1
             except StopIteration:  # the seed's early stopping: a StopIteration committed at onepoch
                 reason = reason or "stopped"
             bus.emit(Iterated, self, aggregate, epoch, flat)
@@ -355,7 +355,7 @@ class Trainer:
         return "completed"
 
     def _train(
-        self, aggregate: Module, loader: Iterable[Any], deadline: float | None
+        self, aggregate: Any, loader: Iterable[Any], deadline: float | None
     ) -> tuple[dict[str, float], EndReason | None, bool]:
         """Run one training phase. Returns its results, why the fit must stop (or ``None``), and whether the
         phase was cut short before the loader's end."""
@@ -417,7 +417,7 @@ class Trainer:
         cut_short = reason is not None and (total is None or index + 1 < total)
         return results.compute(self._reduce), reason, cut_short
 
-    def _evaluate(self, aggregate: Module, loader: Iterable[Any], phase: str, limit_arg: Any) -> dict[str, float]:
+    def _evaluate(self, aggregate: Any, loader: Iterable[Any], phase: str, limit_arg: Any) -> dict[str, float]:
         """Run one validation or test phase and emit its events; returns its results."""
         strategy, progress, bus = self.strategy, self.progress, self._bus
         batch_event, phase_event = _EVALUATION_EVENTS[phase]
@@ -462,7 +462,7 @@ class Trainer:
 
         return self.strategy.launch(run)
 
-    def _predict(self, aggregate: Module, loader: Iterable[Any]) -> list[Any]:
+    def _predict(self, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
         self._start(aggregate)
         try:
             aggregate.phase = "evaluation"  # type: ignore[assignment]
@@ -487,7 +487,7 @@ class Trainer:
 
     # -- persistence ------------------------------------------------------------------------------------
 
-    def _restore(self, aggregate: Module, ckpt_path: Any) -> None:
+    def _restore(self, aggregate: Any, ckpt_path: Any) -> None:
         from torchsystem_trainer.checkpoint import resolve_checkpoint_path, restore
 
         path = resolve_checkpoint_path(self, ckpt_path)
