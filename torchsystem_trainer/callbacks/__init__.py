@@ -1,5 +1,19 @@
 """Callbacks shipped with the library: consumers of the Trainer's events, one per file."""
 
 from torchsystem_trainer.callbacks.callback import HOOKS, Callback, CallbackHookError, hook_name
+from torchsystem_trainer.callbacks.lr_monitor import LearningRateMonitor
+from torchsystem_trainer.callbacks.nan_detector import NaNDetector, NonFiniteError
+from torchsystem_trainer.callbacks.progress_bar import ProgressBar
+from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 
-__all__ = ["HOOKS", "Callback", "CallbackHookError", "hook_name"]
+__all__ = [
+    "HOOKS",
+    "Callback",
+    "CallbackHookError",
+    "hook_name",
+    "LearningRateMonitor",
+    "NaNDetector",
+    "NonFiniteError",
+    "ProgressBar",
+    "TensorBoardLogger",
+]
