@@ -84,7 +84,7 @@ class Trainer:
             fraction of the loader (a ``float`` in ``[0, 1]``).
         fast_dev_run: ``True`` (or n): one epoch of 1 (or n) training and validation batches, to smoke-test a
             set-up; ``ModelCheckpoint`` and ``TensorBoardLogger`` write nothing then.
-        enable_progress_bar: add a ``ProgressBar``; ``None`` means when stdout is a terminal.
+        enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
         default_root_dir: where callbacks put files when not told otherwise (default ``./runs``).
         seed: seed Python, NumPy and torch at the start of every ``fit`` (see ``seed_everything``).
         deterministic: use deterministic algorithms during ``fit`` (``torch.use_deterministic_algorithms``).
@@ -183,7 +183,8 @@ class Trainer:
         ``loaders``: ``[("train", dl), ("validation", dl)]`` as in the seed, ``{"train": dl, ...}``, or one
         loader (training only). A batch is ``(inputs, targets)`` (``aggregate.fit(inputs, targets)``), another
         tuple or list (``fit(*batch)``) or a dict (``fit(**batch)``); ``fit``/``evaluate`` return
-        ``(predictions, loss)``. Events, in order (handlers run in callback-list order)::
+        ``(predictions, loss)``. Every call is a new run: the counters (``trainer.progress``) start from zero,
+        unless ``ckpt_path`` restores them. Events, in order (handlers run in callback-list order)::
 
             FitStarted
             for epoch in epochs:                              # until a limit or a stop
@@ -499,7 +500,7 @@ class Trainer:
         if enabled is False and has_bar:
             raise ValueError("enable_progress_bar=False, but callbacks holds a progress bar: remove one of them")
         if enabled is None:
-            enabled = sys.stdout.isatty()
+            enabled = sys.stderr.isatty()  # where tqdm draws
         if enabled and not has_bar:
             from torchsystem_trainer.callbacks.progress_bar import ProgressBar  # the one upward import: a default
 
