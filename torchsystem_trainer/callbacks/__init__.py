@@ -1,10 +1,15 @@
 """Callbacks shipped with the library: consumers of the Trainer's events, one per file."""
 
 from torchsystem_trainer.callbacks.callback import HOOKS, Callback, CallbackHookError, hook_name
+from torchsystem_trainer.callbacks.early_stopping import EarlyStopping
+from torchsystem_trainer.callbacks.history import History
 from torchsystem_trainer.callbacks.lr_monitor import LearningRateMonitor
+from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
+from torchsystem_trainer.callbacks.monitor import MonitorError
 from torchsystem_trainer.callbacks.nan_detector import NaNDetector, NonFiniteError
 from torchsystem_trainer.callbacks.progress_bar import ProgressBar
 from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
+from torchsystem_trainer.callbacks.timer import Timer
 
 __all__ = [
     "HOOKS",
@@ -16,4 +21,9 @@ __all__ = [
     "NonFiniteError",
     "ProgressBar",
     "TensorBoardLogger",
+    "EarlyStopping",
+    "History",
+    "ModelCheckpoint",
+    "MonitorError",
+    "Timer",
 ]

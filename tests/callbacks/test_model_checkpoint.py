@@ -1,0 +1,286 @@
+"""ModelCheckpoint: file names, top-k retention, last.ckpt, finding and resuming, safe deletion, exceptions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import Classifier, make_data
+from torchsystem_trainer import Trainer
+from torchsystem_trainer.callbacks import EarlyStopping, ModelCheckpoint, MonitorError
+from torchsystem_trainer.callbacks import model_checkpoint as model_checkpoint_module
+
+
+class Scripted(Classifier):
+    """Trains normally; its validation loss at epoch ``e`` is ``script[e]``."""
+
+    def __init__(self, script: list[float] | None = None, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        super().__init__()
+        self.script = script or [1.0] * 20
+
+    def evaluate(self, inputs, targets):
+        return self(inputs), torch.tensor(self.script[self.epoch])
+
+
+def fit(checkpoint, tmp_path, max_epochs=3, aggregate=None, ckpt_path=None, callbacks=(), **trainer_args):
+    aggregate = aggregate if aggregate is not None else Scripted()
+    data = make_data()
+    trainer = Trainer(
+        callbacks=[*callbacks, checkpoint],
+        max_epochs=max_epochs,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+        **trainer_args,
+    )
+    trainer.fit(aggregate, [("train", data), ("validation", data[:1])], ckpt_path=ckpt_path)
+    return trainer, aggregate
+
+
+def names(folder) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_default_names_and_the_latest_k_without_a_monitor(tmp_path):
+    checkpoint = ModelCheckpoint(save_top_k=2)
+    fit(checkpoint, tmp_path)
+    folder = tmp_path / "checkpoints"
+    assert checkpoint.dirpath == folder
+    assert names(folder) == ["epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt"]
+    assert checkpoint.best_model_path == str(folder / "epoch=2-step=12.ckpt")
+    assert checkpoint.best_model_score is None
+
+
+def test_save_top_k_minus_one_keeps_all_and_zero_keeps_none(tmp_path):
+    fit(ModelCheckpoint(dirpath=tmp_path / "all", save_top_k=-1), tmp_path)
+    assert names(tmp_path / "all") == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt"]
+    fit(ModelCheckpoint(dirpath=tmp_path / "none", save_top_k=0), tmp_path)
+    assert not (tmp_path / "none").exists()
+
+
+def test_metrics_in_the_template_with_slashes_made_underscores(tmp_path):
+    checkpoint = ModelCheckpoint(filename="run/{epoch:02d}-{validation/loss:.2f}", save_top_k=-1)
+    fit(checkpoint, tmp_path, max_epochs=2, aggregate=Scripted([0.5, 0.25]))
+    assert names(tmp_path / "checkpoints") == ["run_00-0.50.ckpt", "run_01-0.25.ckpt"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "kept", "best"),
+    [("min", {3: 0.2, 1: 0.3}, 3), ("max", {4: 0.6, 0: 0.5}, 4)],
+    ids=["min", "max"],
+)
+def test_top_k_by_monitor(tmp_path, mode, kept, best):
+    checkpoint = ModelCheckpoint(monitor="validation/loss", mode=mode, save_top_k=2, filename="e{epoch}")
+    fit(checkpoint, tmp_path, max_epochs=5, aggregate=Scripted([0.5, 0.3, 0.4, 0.2, 0.6]))
+    folder = tmp_path / "checkpoints"
+    assert names(folder) == sorted(f"e{epoch}.ckpt" for epoch in kept)
+    assert checkpoint.best_k_models == {str(folder / f"e{e}.ckpt"): pytest.approx(s) for e, s in kept.items()}
+    assert checkpoint.best_model_path == str(folder / f"e{best}.ckpt")
+    assert checkpoint.best_model_score == pytest.approx(kept[best])
+
+
+def test_nan_scores_rank_worst(tmp_path):
+    checkpoint = ModelCheckpoint(monitor="validation/loss", save_top_k=1, filename="e{epoch}")
+    fit(checkpoint, tmp_path, max_epochs=2, aggregate=Scripted([0.5, float("nan")]))
+    assert names(tmp_path / "checkpoints") == ["e0.ckpt"]
+
+
+def test_last_ckpt_is_a_complete_file_loadable_with_weights_only(tmp_path):
+    checkpoint = ModelCheckpoint(save_last=True)
+    trainer, aggregate = fit(checkpoint, tmp_path)
+    folder = tmp_path / "checkpoints"
+    last = folder / "last.ckpt"
+    assert names(folder) == ["epoch=2-step=12.ckpt", "last.ckpt"]
+    assert not last.is_symlink() and checkpoint.last_model_path == str(last)
+    state = torch.load(last, weights_only=True)
+    assert state["loop"]["progress"] == {"epoch": 3, "batch": 0, "step": 12, "global_step": 12}
+    for name, tensor in aggregate.state_dict().items():
+        assert torch.equal(state["aggregate"]["modules"][name], tensor)
+    saved = state["callbacks"]["ModelCheckpoint"]
+    assert saved["best_model_path"] == str(folder / "epoch=2-step=12.ckpt")
+    (folder / "epoch=2-step=12.ckpt").unlink()
+    assert torch.load(last, weights_only=True)["loop"]["progress"]["step"] == 12
+
+
+def test_save_last_with_top_k_zero_writes_only_last(tmp_path):
+    fit(ModelCheckpoint(save_top_k=0, save_last=True), tmp_path)
+    assert names(tmp_path / "checkpoints") == ["last.ckpt"]
+
+
+def test_checkpoint_path_last_finds_the_newest_and_ignores_temporary_files(tmp_path):
+    checkpoint = ModelCheckpoint(save_top_k=-1)
+    trainer, _ = fit(checkpoint, tmp_path)
+    folder = tmp_path / "checkpoints"
+    (folder / ".epoch=9-step=99.ckpt.abc.tmp").write_bytes(b"torn")
+    assert checkpoint.checkpoint_path("last", trainer) == folder / "epoch=2-step=12.ckpt"
+    assert checkpoint.checkpoint_path("best", trainer) == folder / "epoch=2-step=12.ckpt"
+    (folder / "epoch=2-step=12.ckpt").rename(folder / "a.ckpt")  # the name says nothing; the progress does
+    assert checkpoint.checkpoint_path("last", trainer) == folder / "a.ckpt"
+    (folder / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="junk.ckpt' is not a usable checkpoint"):
+        assert checkpoint.checkpoint_path("last", trainer) == folder / "a.ckpt"
+
+
+def test_checkpoint_path_without_files_is_none(tmp_path):
+    trainer = Trainer(enable_progress_bar=False, default_root_dir=tmp_path)
+    checkpoint = ModelCheckpoint()
+    assert checkpoint.checkpoint_path("last", trainer) is None
+    assert checkpoint.checkpoint_path("best", trainer) is None
+    with pytest.raises(ValueError, match="which='first' is invalid"):
+        checkpoint.checkpoint_path("first", trainer)
+
+
+def test_ckpt_path_last_without_a_checkpoint_starts_from_scratch(tmp_path):
+    trainer, _ = fit(ModelCheckpoint(save_last=True), tmp_path, max_epochs=2, ckpt_path="last")
+    assert trainer.global_step == 8
+
+
+def test_resuming_from_last_restores_the_weights_and_continues_identically(tmp_path):
+    _, straight = fit(ModelCheckpoint(dirpath=tmp_path / "straight"), tmp_path, max_epochs=3)
+
+    _, first = fit(ModelCheckpoint(save_last=True), tmp_path, max_epochs=2)
+    saved = {name: tensor.clone() for name, tensor in first.state_dict().items()}
+    again = Scripted(seed=1)  # different initial weights
+    fit(ModelCheckpoint(save_last=True), tmp_path, max_epochs=2, aggregate=again, ckpt_path="last")
+    for name, tensor in again.state_dict().items():
+        assert torch.equal(tensor, saved[name])  # nothing left to train: exactly the saved weights
+
+    resumed = Scripted(seed=2)
+    trainer, _ = fit(ModelCheckpoint(save_last=True), tmp_path, max_epochs=3, aggregate=resumed, ckpt_path="last")
+    assert trainer.global_step == 12 and resumed.epoch == 3
+    for name, tensor in resumed.state_dict().items():
+        assert torch.equal(tensor, straight.state_dict()[name])
+
+
+def test_old_files_are_removed_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
+    checkpoint = ModelCheckpoint(monitor="validation/loss", filename="e{epoch}")
+    real_save, calls = model_checkpoint_module.save_atomic, []
+
+    def failing_second_save(state, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_save(state, path)
+
+    monkeypatch.setattr(model_checkpoint_module, "save_atomic", failing_second_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(checkpoint, tmp_path, max_epochs=2, aggregate=Scripted([0.5, 0.1]))
+    folder = tmp_path / "checkpoints"
+    assert names(folder) == ["e0.ckpt"]  # the better e1 failed: e0 is still there, and still tracked
+    assert checkpoint.best_model_path == str(folder / "e0.ckpt")
+    assert checkpoint.best_k_models == {str(folder / "e0.ckpt"): pytest.approx(0.5)}
+
+
+def test_fast_dev_run_writes_nothing(tmp_path):
+    fit(ModelCheckpoint(save_last=True, every_n_steps=1, save_on_exception=True), tmp_path, fast_dev_run=True)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_step_checkpoints(tmp_path):
+    checkpoint = ModelCheckpoint(every_n_steps=3, save_top_k=-1)
+    fit(checkpoint, tmp_path, max_epochs=2)
+    folder = tmp_path / "checkpoints"
+    assert names(folder) == ["epoch=0-step=3.ckpt", "epoch=1-step=6.ckpt"]
+    state = torch.load(folder / "epoch=0-step=3.ckpt", weights_only=True)
+    assert state["loop"]["progress"] == {"epoch": 0, "batch": 3, "step": 3, "global_step": 3}
+
+
+def test_an_epoch_end_at_the_step_of_a_step_checkpoint_supersedes_it(tmp_path):
+    checkpoint = ModelCheckpoint(every_n_steps=4, every_n_epochs=1, save_top_k=-1)
+    fit(checkpoint, tmp_path, max_epochs=1)
+    folder = tmp_path / "checkpoints"
+    assert names(folder) == ["epoch=0-step=4.ckpt"]
+    progress = torch.load(folder / "epoch=0-step=4.ckpt", weights_only=True)["loop"]["progress"]
+    assert (progress["epoch"], progress["batch"]) == (1, 0)
+
+
+def test_step_checkpoints_with_a_monitor_take_the_latest_epoch_results(tmp_path):
+    checkpoint = ModelCheckpoint(
+        monitor="validation/loss", every_n_steps=4, every_n_epochs=1, save_top_k=-1, save_last=True
+    )
+    fit(checkpoint, tmp_path, max_epochs=2, aggregate=Scripted([0.5, 0.25]))
+    folder = tmp_path / "checkpoints"
+    # step 4 (epoch 0, no results yet): only last.ckpt; its epoch's end: the top-k file; step 8 (epoch 0's
+    # score) is then superseded by epoch 1's end at the same step
+    assert names(folder) == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    assert checkpoint.best_k_models == {
+        str(folder / "epoch=0-step=4.ckpt"): pytest.approx(0.5),
+        str(folder / "epoch=1-step=8.ckpt"): pytest.approx(0.25),
+    }
+
+
+def test_a_name_in_use_gets_a_version_suffix(tmp_path):
+    checkpoint = ModelCheckpoint(filename="model", save_top_k=-1)
+    fit(checkpoint, tmp_path, max_epochs=3)
+    assert names(tmp_path / "checkpoints") == ["model-v1.ckpt", "model-v2.ckpt", "model.ckpt"]
+
+
+def test_epochs_without_validation_write_no_top_k_file_but_last(tmp_path):
+    checkpoint = ModelCheckpoint(monitor="validation/loss", save_top_k=-1, save_last=True, filename="e{epoch}")
+    trainer, _ = fit(checkpoint, tmp_path, max_epochs=4, check_val_every_n_epoch=2)
+    assert names(tmp_path / "checkpoints") == ["e1.ckpt", "e3.ckpt", "last.ckpt"]
+    assert checkpoint.checkpoint_path("last", trainer).name == "last.ckpt"
+
+
+def test_an_unknown_monitor_raises_listing_the_available_keys(tmp_path):
+    with pytest.raises(MonitorError, match=r"available keys: 'train/loss', 'validation/loss'"):
+        fit(ModelCheckpoint(monitor="validation/acc"), tmp_path)
+
+
+def test_save_on_exception(tmp_path):
+    class Failing(Scripted):
+        def fit(self, inputs, targets):
+            if self.epoch == 1:
+                raise RuntimeError("boom")
+            return super().fit(inputs, targets)
+
+    checkpoint = ModelCheckpoint(save_on_exception=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer, _ = fit(checkpoint, tmp_path, aggregate=Failing())
+    folder = tmp_path / "checkpoints"
+    assert names(folder) == ["epoch=0-step=4.ckpt", "on_exception.ckpt"]
+    state = torch.load(folder / "on_exception.ckpt", weights_only=True)
+    assert state["loop"]["progress"]["epoch"] == 1
+
+
+def test_the_state_is_restored_with_the_run(tmp_path):
+    first = ModelCheckpoint(monitor="validation/loss", save_top_k=2, filename="e{epoch}")
+    script = [0.5, 0.3, 0.4, 0.2, 0.6, 0.1]
+    fit(first, tmp_path, max_epochs=3, aggregate=Scripted(script))
+    second = ModelCheckpoint(monitor="validation/loss", save_top_k=2, filename="e{epoch}", save_last=True)
+    fit(second, tmp_path, max_epochs=6, aggregate=Scripted(script), ckpt_path="last")
+    folder = tmp_path / "checkpoints"
+    assert names(folder) == ["e3.ckpt", "e5.ckpt", "last.ckpt"]  # e1 and e2, tracked since the first run, removed
+
+
+def test_stateful_callbacks_after_it_are_warned_about(tmp_path):
+    trainer = Trainer(
+        callbacks=[ModelCheckpoint(), EarlyStopping(patience=5)],
+        max_epochs=1,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.warns(UserWarning, match="runs before EarlyStopping"):
+        trainer.fit(Scripted(), [("train", make_data()), ("validation", make_data()[:1])])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"save_top_k": -2}, r"save_top_k=-2 is invalid; valid: an int >= -1"),
+        ({"save_last": "link"}, r"save_last='link' is invalid"),
+        ({"mode": "best"}, r"mode='best' is invalid; valid: 'min', 'max'"),
+        ({"every_n_epochs": -1}, r"every_n_epochs=-1 is invalid"),
+        ({"every_n_steps": 1.5}, r"every_n_steps=1.5 is invalid"),
+        ({"filename": "last"}, r"filename='last' is invalid"),
+        ({"filename": "{epoch"}, r"braces"),
+        ({"filename": "{epoch:.2q}"}, r"cannot format a number"),
+        ({"filename": ".hidden"}, r"starts with '.'"),
+        ({"monitor": ""}, r"monitor='' is invalid"),
+    ],
+    ids=["top_k", "save_last", "mode", "every_n_epochs", "every_n_steps", "reserved", "braces", "spec", "hidden",
+         "monitor"],
+)
+def test_invalid_arguments_raise_naming_them(arguments, match):
+    with pytest.raises(ValueError, match=match):
+        ModelCheckpoint(**arguments)

@@ -1,0 +1,206 @@
+"""``EarlyStopping``: stop a fit when a monitored result stops improving, as Lightning's callback of that name."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+from tqdm import tqdm
+from typing_extensions import override
+
+from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
+from torchsystem_trainer.events import FitEnded, FitStarted, Iterated
+
+__all__ = ["EarlyStopping"]
+
+
+class EarlyStopping(Callback):
+    """Set ``trainer.should_stop`` when ``monitor`` has not improved for ``patience`` checks, or has crossed a
+    threshold, or is not finite. Lightning's ``EarlyStopping``, checked at the end of each epoch (``Iterated``).
+
+    A check happens at the end of every epoch whose results hold ``monitor``. An epoch whose monitored phase did
+    not run (validation only every ``check_val_every_n_epoch`` epochs, or skipped because the training phase was
+    cut short) is not a check: ``patience`` counts checks, not epochs (as in Lightning, where it counts
+    validation runs). The fit then stops at the end of the epoch that triggered the stop. In each check, in
+    order:
+
+    1. ``check_finite`` and the value is ``nan`` or infinite: stop.
+    2. The value improves on ``best_score`` by more than ``min_delta`` (``value < best_score - min_delta`` for
+       ``mode="min"``, ``value > best_score + min_delta`` for ``"max"``): it becomes ``best_score`` and
+       ``wait_count`` returns to 0; otherwise ``wait_count`` grows by one.
+    3. ``stopping_threshold`` is strictly beaten (``value < stopping_threshold`` for ``"min"``): stop, the goal is
+       reached.
+    4. ``divergence_threshold`` is strictly passed the wrong way (``value > divergence_threshold`` for
+       ``"min"``): stop, the run diverged.
+    5. The value did not improve and ``wait_count >= patience``: stop.
+
+    The state (``wait_count``, ``best_score``, ``stopped_epoch``, ``stopping_reason``) is saved in checkpoints
+    and restored on resume; the constructor's arguments (``patience``, thresholds...) are not overridden by a
+    checkpoint, so a resumed run may change them. A fit not resumed from a checkpoint starts with a fresh state.
+    Put ``EarlyStopping`` before ``ModelCheckpoint`` in the callback list, so a checkpoint holds this epoch's
+    state rather than the previous one's.
+
+    Args:
+        monitor: the key of ``Iterated.results`` to watch, ``"<phase>/<name>"`` (``"validation/loss"``).
+        mode: ``"min"`` (lower is better) or ``"max"``.
+        patience: checks without improvement after which to stop (an int >= 0; 0 stops at the first check that
+            does not improve).
+        min_delta: how much the value must improve on the best to count as an improvement (>= 0, in the
+            monitored value's units).
+        stopping_threshold: stop as soon as the value is better than this.
+        divergence_threshold: stop as soon as the value is worse than this.
+        check_finite: stop when the value is ``nan`` or infinite.
+        verbose: print each check's outcome and the stop (through ``tqdm.write``, on the process of global
+            rank 0).
+
+    Attributes:
+        wait_count: checks since the last improvement.
+        best_score: the best value seen (``inf`` for ``"min"``, ``-inf`` for ``"max"`` before any check).
+        stopped_epoch: the 0-based epoch at whose end this callback stopped the fit; ``None`` if it did not.
+        stopping_reason: why it stopped, in words; ``None`` if it did not.
+
+    Raises:
+        ValueError: for an invalid argument, naming it, the value and the valid values.
+        MonitorError: (at an epoch's end) when ``monitor`` is missing from the results of a phase that ran, or
+            names no phase of ``fit``; the message lists the available keys.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "validation/loss",
+        mode: Mode = "min",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+        check_finite: bool = True,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"EarlyStopping: monitor={monitor!r} is invalid; valid: a key like 'validation/loss'")
+        self.monitor = monitor
+        self.mode: Mode = check_mode("EarlyStopping", mode)
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping: patience={patience!r} is invalid; valid: an int >= 0")
+        self.patience = patience
+        if not _is_real(min_delta) or not min_delta >= 0 or math.isinf(min_delta):
+            raise ValueError(f"EarlyStopping: min_delta={min_delta!r} is invalid; valid: a finite number >= 0")
+        self.min_delta = float(min_delta)
+        for name, value in (("stopping_threshold", stopping_threshold), ("divergence_threshold", divergence_threshold)):
+            if value is not None and (not _is_real(value) or not math.isfinite(value)):
+                raise ValueError(f"EarlyStopping: {name}={value!r} is invalid; valid: None or a finite number")
+        self.stopping_threshold = None if stopping_threshold is None else float(stopping_threshold)
+        self.divergence_threshold = None if divergence_threshold is None else float(divergence_threshold)
+        self.check_finite = bool(check_finite)
+        self.verbose = bool(verbose)
+        self._owner = f"EarlyStopping(monitor={monitor!r})"
+        self._reset()
+        self._restored = False
+
+    def _reset(self) -> None:
+        self.wait_count = 0
+        self.best_score = math.inf if self.mode == "min" else -math.inf
+        self.stopped_epoch: int | None = None
+        self.stopping_reason: str | None = None
+        self._checks = 0
+
+    def on_fit_started(self, event: FitStarted) -> None:
+        """Start from a fresh state, unless a checkpoint was just restored into this callback."""
+        if not self._restored:
+            self._reset()
+        self._restored, self._checks = False, 0
+
+    def on_iterated(self, event: Iterated) -> None:
+        """Check the epoch's monitored value and stop the fit if a rule says so.
+
+        Raises:
+            MonitorError: see the class.
+        """
+        current = monitored_value(self._owner, self.monitor, event.results)
+        if current is None:
+            return
+        self._checks += 1
+        reason = self._evaluate(current)
+        if reason is None:
+            summary = f"{self.monitor} = {current:.6g}, best {self.best_score:.6g}, waited {self.wait_count}"
+            self._say(event.trainer, f"epoch {event.epoch}: {summary}")
+            return
+        event.trainer.should_stop = True
+        self.stopped_epoch = event.epoch
+        self.stopping_reason = reason
+        self._say(event.trainer, f"epoch {event.epoch}: {reason}; stopping the fit")
+
+    def on_fit_ended(self, event: FitEnded) -> None:
+        """Warn when ``monitor`` was never in an epoch's results during the fit."""
+        warn_never_seen(self._owner, self.monitor, self._checks, event.reason)
+
+    def _evaluate(self, current: float) -> str | None:
+        """Apply the rules of the class docstring to one value; returns why to stop, or ``None``."""
+        monitor, sign = self.monitor, 1.0 if self.mode == "min" else -1.0
+        if self.check_finite and not math.isfinite(current):
+            return f"{monitor} = {current} is not finite (best was {self.best_score:.6g})"
+        improved = sign * current < sign * self.best_score - self.min_delta
+        if improved:
+            self.best_score, self.wait_count = current, 0
+        else:
+            self.wait_count += 1
+        better, worse = ("<", ">") if self.mode == "min" else (">", "<")
+        if self.stopping_threshold is not None and sign * current < sign * self.stopping_threshold:
+            return f"{monitor} = {current:.6g} reached the stopping threshold ({better} {self.stopping_threshold:g})"
+        if self.divergence_threshold is not None and sign * current > sign * self.divergence_threshold:
+            return f"{monitor} = {current:.6g} diverged past the threshold ({worse} {self.divergence_threshold:g})"
+        if not improved and self.wait_count >= self.patience:
+            return (
+                f"{monitor} did not improve by more than {self.min_delta:g} in the last {self.wait_count} check(s) "
+                f"(best {self.best_score:.6g})"
+            )
+        return None
+
+    def _say(self, trainer: Any, message: str) -> None:
+        if self.verbose and getattr(trainer, "is_global_zero", True):
+            tqdm.write(f"EarlyStopping: {message}")
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """The stopping state as plain numbers and strings (``best_score`` may be ``inf``).
+
+        Returns:
+            ``{"monitor", "mode", "patience", "wait_count", "best_score", "stopped_epoch", "stopping_reason"}``.
+        """
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "patience": self.patience,
+            "wait_count": self.wait_count,
+            "best_score": float(self.best_score),
+            "stopped_epoch": self.stopped_epoch,
+            "stopping_reason": self.stopping_reason,
+        }
+
+    @override
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output. The constructor's ``patience`` and thresholds are kept; a state
+        saved for another ``monitor`` or ``mode`` is not restored (its best score means nothing here), with a
+        warning.
+
+        Raises:
+            KeyError: when a field is missing.
+        """
+        if state["monitor"] != self.monitor or state["mode"] != self.mode:
+            warnings.warn(
+                f"{self._owner}: the checkpoint's EarlyStopping state is for monitor={state['monitor']!r}, "
+                f"mode={state['mode']!r}; starting from a fresh state instead",
+                stacklevel=2,
+            )
+            return
+        self.wait_count = int(state["wait_count"])
+        self.best_score = float(state["best_score"])
+        self.stopped_epoch = None if state["stopped_epoch"] is None else int(state["stopped_epoch"])
+        self.stopping_reason = state["stopping_reason"]
+        self._restored = True
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
