@@ -64,8 +64,9 @@ class Trainer:
     Keras' ``epochs=1``; with only ``max_steps`` or ``max_time``, epochs repeat until that limit.
 
     Args:
-        callbacks: consumers of the events, dispatched in list order: ``Callback`` subclasses, or any
-            ``Consumer`` (seed style, handlers with ``Depends``). Checked here: a ``Callback`` method that looks
+        callbacks: consumers of the events, dispatched in list order, except that checkpoint callbacks
+            (``ModelCheckpoint``) run after all others: ``Callback`` subclasses, or any ``Consumer`` (seed style,
+            handlers with ``Depends``). Checked here: a ``Callback`` method that looks
             like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
             ``"cuda"``, ``"mps"``, ``"ddp"``.
@@ -138,7 +139,10 @@ class Trainer:
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
-        self.callbacks: list[Consumer] = self._with_progress_bar(list(callbacks), enable_progress_bar)
+        callbacks = self._with_progress_bar(list(callbacks), enable_progress_bar)
+        # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
+        # same event (Lightning does the same; its issue #1464).
+        self.callbacks: list[Consumer] = sorted(callbacks, key=lambda c: callable(getattr(c, "checkpoint_path", None)))
         self._subscriptions = check.subscriptions(self.callbacks)
 
         self.progress = Progress()
@@ -302,6 +306,7 @@ class Trainer:
         self._start(aggregate)
         self.should_stop = self.interrupted = False
         self.progress = Progress()
+        self.callback_metrics = {}
         if "epoch" not in aggregate.__dict__:
             aggregate.__dict__["epoch"] = 0  # a first value, which fires no onepoch
         loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
