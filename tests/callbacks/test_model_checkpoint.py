@@ -253,15 +253,17 @@ def test_the_state_is_restored_with_the_run(tmp_path):
     assert names(folder) == ["e3.ckpt", "e5.ckpt", "last.ckpt"]  # e1 and e2, tracked since the first run, removed
 
 
-def test_stateful_callbacks_after_it_are_warned_about(tmp_path):
+def test_checkpoints_hold_the_state_other_callbacks_reached_at_the_same_event(tmp_path):
+    """ModelCheckpoint listed first still runs after EarlyStopping (the Trainer runs it last)."""
+    stopping = EarlyStopping(patience=5)
+    checkpoint = ModelCheckpoint(save_last=True)
     trainer = Trainer(
-        callbacks=[ModelCheckpoint(), EarlyStopping(patience=5)],
-        max_epochs=1,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
+        callbacks=[checkpoint, stopping], max_epochs=2, enable_progress_bar=False, default_root_dir=tmp_path
     )
-    with pytest.warns(UserWarning, match="runs before EarlyStopping"):
-        trainer.fit(Scripted(), [("train", make_data()), ("validation", make_data()[:1])])
+    assert trainer.callbacks == [stopping, checkpoint]
+    trainer.fit(Scripted(), [("train", make_data()), ("validation", make_data()[:1])])
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["callbacks"]["EarlyStopping"] == stopping.state_dict()
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from torchsystem_trainer.callbacks.callback import Callback
 from torchsystem_trainer.callbacks.monitor import monitored_value
 from torchsystem_trainer.checkpoint import CheckpointError, load_file, save_atomic
 
@@ -33,7 +32,6 @@ __all__ = [
     "link_or_write",
     "newest_checkpoint",
     "render",
-    "warn_stateful_after",
     "warn_untracked",
 ]
 
@@ -274,31 +272,3 @@ def warn_untracked(owner: str, folder: Path, ours: set[str | None]) -> None:
             f"files with the same names get a -vN suffix, and ckpt_path='last' may pick them",
             stacklevel=3,
         )
-
-
-def warn_stateful_after(checkpoint: Any, callbacks: list[Any], hooks: tuple[str, ...]) -> None:
-    """Warn when callbacks with a state of their own that handle one of ``hooks`` (the events ``checkpoint``
-    saves at) come after it in the dispatch order: the checkpoints it writes then hold their state from before
-    their handler of that event ran (Lightning avoids this by running checkpoint callbacks last)."""
-    later = callbacks[callbacks.index(checkpoint) + 1 :] if checkpoint in callbacks else []
-    stateful = [
-        type(c).__name__ for c in later if any(callable(getattr(c, hook, None)) for hook in hooks) and _has_state(c)
-    ]
-    if stateful:
-        name = type(checkpoint).__name__
-        warnings.warn(
-            f"{name} runs before {', '.join(stateful)}, so the checkpoints it writes hold their state from before "
-            f"their {' and '.join(hooks)} ran; list {name} after them",
-            stacklevel=3,
-        )
-
-
-def _has_state(callback: Any) -> bool:
-    """Whether ``callback`` has a ``state_dict`` of its own (not the base ``Callback``'s) that returns data."""
-    method = getattr(type(callback), "state_dict", None)
-    if method is None or method is Callback.state_dict:
-        return False
-    try:
-        return bool(callback.state_dict())
-    except Exception:  # a state that cannot be taken now still is a state
-        return True

@@ -25,7 +25,6 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
     link_or_write,
     newest_checkpoint,
     render,
-    warn_stateful_after,
     warn_untracked,
 )
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
@@ -58,8 +57,8 @@ class ModelCheckpoint(Callback):
     the file system allows (no second write of the same bytes), else a second atomic write. Either way it is a
     file of its own: deleting the file it was linked from leaves it intact.
 
-    Put ``ModelCheckpoint`` after the other stateful callbacks that handle the events it saves at (``Iterated``,
-    ``BatchTrained``), so their state in a checkpoint is up to date (a warning says so when the fit starts).
+    The Trainer runs checkpoint callbacks after all others, so the state of every other callback in a checkpoint
+    includes its handling of the event the checkpoint is written at (``Iterated``, ``BatchTrained``).
 
     Args:
         dirpath: the folder of the files; default ``trainer.default_root_dir / "checkpoints"``, resolved when a fit
@@ -153,8 +152,6 @@ class ModelCheckpoint(Callback):
             self._loaded = None
         elif not trainer.fast_dev_run:
             warn_untracked(self._owner, self.dirpath, {*self.best_k_models, self.last_model_path})
-        hooks = ("on_iterated",) * bool(self.every_n_epochs) + ("on_batch_trained",) * bool(self.every_n_steps)
-        warn_stateful_after(self, list(trainer.callbacks), hooks)
 
     def on_batch_trained(self, event: BatchTrained) -> None:
         """Save after every ``every_n_steps``-th optimizer step (once per step under gradient accumulation)."""
