@@ -28,8 +28,21 @@ ending            cause                                           events at the 
                   e.g. ``EarlyStopping``) or a ``StopIteration``  ``Trained``/``Validated``, ``Iterated``,
                   committed by the aggregate's domain events      ``FitEnded`` (``StopIteration`` is raised
                                                                   at the epoch's end, after ``Iterated``)
-``interrupted``   ``KeyboardInterrupt`` (Ctrl-C)                  ``ExceptionRaised``, ``FitEnded``; ``fit``
-                                                                  returns normally, ``trainer.interrupted``
+``interrupted``   ``SIGTERM`` (preemption) or ``SIGINT``          the current training step (and its gradient
+                  (Ctrl-C) received while ``fit`` runs in the     accumulation window) finishes, or the
+                  main thread: ``fit`` handles both for its       current validation phase and its epoch's
+                  duration and stops at the next step boundary    end; then ``FitEnded`` only: no
+                                                                  ``ExceptionRaised`` (nothing was raised), no
+                                                                  ``Trained``/``Iterated`` for an unfinished
+                                                                  epoch (a resumed fit completes it);
+                                                                  ``ModelCheckpoint`` writes ``last.ckpt``;
+                                                                  ``fit`` returns normally,
+                                                                  ``trainer.interrupted`` and
+                                                                  ``trainer.received_signal`` are set
+``interrupted``   ``KeyboardInterrupt`` raised in the loop (a     ``ExceptionRaised``, ``FitEnded``; ``fit``
+                  second ``SIGINT`` while stopping, or Ctrl-C     returns normally, ``trainer.interrupted``;
+                  outside the main thread's handlers)             after a second ``SIGINT`` the
+                                                                  ``KeyboardInterrupt`` propagates instead
 ``exception``     any other exception from the aggregate, a       ``ExceptionRaised``, ``FitEnded``; then the
                   loader or a callback                            exception propagates out of ``fit``
 ================  ==============================================  =========================================
@@ -208,7 +221,8 @@ class Predicted:
 
 @dataclass(frozen=True, slots=True)
 class ExceptionRaised:
-    """``fit`` is ending because of ``exception`` (a ``KeyboardInterrupt`` included)."""
+    """``fit`` is ending because of ``exception`` (a ``KeyboardInterrupt`` included; a stop by ``SIGTERM`` or
+    ``SIGINT`` raises nothing and fires no ``ExceptionRaised``)."""
 
     trainer: Any
     aggregate: Aggregate

@@ -126,6 +126,64 @@ class PhaseResults:
                 results[name] = float(tensor)
         return results
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the phase has accumulated so far, exactly: the batch losses not yet folded (stacked, unchanged),
+        their sizes, the folded sum, the sample count, and every metric's state. Reading it changes nothing (no
+        folding), so a run that saves mid-phase sums its losses in the same order as one that does not, and the
+        resumed phase's ``loss`` is bit-identical. Called when a checkpoint is written, never per step.
+
+        Returns:
+            ``{"losses": [n] tensor or None, "sizes": [int], "total": [] tensor or None, "count": int,
+            "metrics": {...} or None}`` (see :func:`metric_states`).
+        """
+        return {
+            "losses": torch.stack(self.losses) if self.losses else None,
+            "sizes": list(self.sizes),
+            "total": self.total,
+            "count": self.count,
+            "metrics": None if self.metrics is None else metric_states(self.metrics),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
+        """Continue from :meth:`state_dict`'s output: tensors go to this phase's device.
+
+        Args:
+            state: what :meth:`state_dict` returned.
+            strict: raise when the saved metrics are not this phase's; with ``False`` the loss is restored and the
+                metrics start empty instead.
+
+        Raises:
+            KeyError: when a field is missing.
+            ValueError: (``strict``) when the saved metrics are not this phase's (other names or states, or metrics
+                on one side only), naming them; nothing changes then.
+        """
+        device = self._device()
+        if self.metrics is not None and state["metrics"] is not None:
+            try:
+                load_metric_states(self.metrics, state["metrics"])
+            except ValueError:
+                if strict:
+                    raise
+        elif strict and (self.metrics is not None or state["metrics"] is not None):
+            raise ValueError(
+                "the checkpoint's phase has metrics and this one has none, or the other way round (the Trainer's "
+                "metrics changed)"
+            )
+        losses = state["losses"]
+        self.losses = [] if losses is None else list(losses.to(device).unbind(0))
+        self.sizes = [int(size) for size in state["sizes"]]
+        self.total = None if state["total"] is None else state["total"].to(device)
+        self.count = int(state["count"])
+
+    def _device(self) -> torch.device:
+        if self.metrics is not None:
+            for metric in _metrics_in(self.metrics).values():
+                return metric.device  # type: ignore[no-any-return]
+        for tensor in (*self.losses, self.total):
+            if tensor is not None:
+                return tensor.device
+        return torch.device("cpu")
+
     def reset(self) -> None:
         """Forget everything, for the next epoch."""
         self.losses.clear()
@@ -134,3 +192,55 @@ class PhaseResults:
         self.count = 0
         if self.metrics is not None:
             self.metrics.reset()
+
+
+def _metrics_in(collection: MetricCollection) -> dict[str, Metric]:
+    """Every ``Metric`` of the collection by module name, wrapped child metrics included."""
+    return {name: module for name, module in collection.named_modules() if isinstance(module, Metric) and name}
+
+
+def metric_states(collection: MetricCollection) -> dict[str, Any]:
+    """The states of every metric in ``collection`` (torchmetrics' ``metric_state``, the registered states, plus
+    the update count) and the collection's compute groups, as plain data.
+
+    Returns:
+        ``{"metrics": {module name: {"states": {state: tensor or [tensors]}, "update_count": int}},
+        "groups": {int: [metric names]}, "groups_checked": bool}``.
+    """
+    return {
+        "metrics": {
+            name: {"states": dict(metric.metric_state), "update_count": int(metric._update_count)}
+            for name, metric in _metrics_in(collection).items()
+        },
+        "groups": {int(key): list(names) for key, names in collection._groups.items()},
+        "groups_checked": bool(collection._groups_checked),
+    }
+
+
+def load_metric_states(collection: MetricCollection, state: dict[str, Any]) -> None:
+    """Put :func:`metric_states`' output back into ``collection`` (a clone of the same metrics), on its devices.
+
+    Raises:
+        ValueError: when the metrics or their states differ from the saved ones, naming them; nothing changes then.
+    """
+    metrics, saved = _metrics_in(collection), state["metrics"]
+    problems = [f"metric {name!r} is not saved" for name in metrics if name not in saved]
+    problems += [f"saved metric {name!r} is not configured" for name in saved if name not in metrics]
+    for name in set(metrics) & set(saved):
+        if set(saved[name]["states"]) != set(metrics[name]._defaults):
+            problems.append(f"metric {name!r} has states {sorted(metrics[name]._defaults)}, saved "
+                            f"{sorted(saved[name]['states'])}")
+    if problems:
+        raise ValueError("the checkpoint's metric states do not fit the configured metrics: " + "; ".join(problems))
+    for name, metric in metrics.items():
+        device = metric.device
+        for key, value in saved[name]["states"].items():
+            moved = value.to(device) if isinstance(value, Tensor) else [item.to(device) for item in value]
+            setattr(metric, key, moved)
+        metric._update_count = int(saved[name]["update_count"])
+        metric._computed = None
+    collection._groups = {int(key): list(names) for key, names in state["groups"].items()}
+    collection._groups_checked = bool(state["groups_checked"])
+    collection._state_is_copy = False
+    if collection._groups_checked:
+        collection._compute_groups_create_state_ref()

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.nn import Module
 
+from torchsystem_trainer.checkpoint import StopSignals, TrainPosition
 from torchsystem_trainer.events import (
     BatchPredicted,
     BatchTested,
@@ -148,9 +149,13 @@ class Trainer:
         self.progress = Progress()
         self.should_stop = False
         self.interrupted = False
+        self.received_signal: int | None = None
         self.callback_metrics: dict[str, float] = {}
         self._bus = EventBus([], [])
         self._phase_results: dict[str, PhaseResults] = {}
+        self._loaders: dict[str, Iterable[Any]] = {}
+        self._position = TrainPosition()  # the training loader's epoch start, for exact mid-epoch resumes
+        self._signal_set_stop = False  # should_stop was set by SIGTERM/SIGINT (not saved in checkpoints)
 
     # -- Lightning-style read-only views ----------------------------------------------------------------
 
@@ -208,17 +213,32 @@ class Trainer:
                 Iterated(results as "<phase>/<name>")
             FitEnded(reason)                                  # always last; see the events module's table
 
+        Resumed from a checkpoint written in the middle of epoch ``e`` after ``k`` training batches, the same
+        sequence starts with ``FitStarted``, ``EpochStarted(e)``, ``PhaseStarted("train")`` (read
+        ``trainer.progress.batch == k`` there), then ``BatchTrained`` from batch ``k``: the batches trained
+        before the checkpoint are neither loaded nor seen again, and the epoch's results include them.
+
+        ``SIGTERM`` and ``SIGINT`` (Ctrl-C) received during ``fit`` (in the main thread) stop it after the current
+        training step: ``FitEnded("interrupted")``, ``ModelCheckpoint`` writes a checkpoint, ``fit`` returns with
+        ``trainer.interrupted`` and ``trainer.received_signal`` set; a second ``SIGINT`` raises
+        ``KeyboardInterrupt`` at once. See ``docs/resuming.md``.
+
         Args:
             aggregate: an ``Aggregate`` (or any module with ``fit`` and ``evaluate`` methods).
             loaders: the loaders, as above.
             ckpt_path: resume from this checkpoint file, or ``"last"``/``"best"`` (the ``ModelCheckpoint``
-                callback's newest/best file; ``"last"`` with none yet starts from scratch).
+                callback's newest complete / best file; ``"last"`` with none yet starts from scratch, so the same
+                command starts and resumes a run). Resuming is exact: the weights end bit-identical to the
+                uninterrupted run's (see ``docs/resuming.md`` for what that needs).
 
         Raises:
             ValueError: for loaders without a ``"train"`` phase or with a phase ``fit`` does not run.
             TypeError: for an aggregate without ``fit``/``evaluate``, or a bad batch or return value.
+            FileNotFoundError, CheckpointError: for a ``ckpt_path`` that is missing, corrupt, unsafe, foreign or
+                does not match the aggregate (naming the file), before any event; nothing is changed then.
             Exception: whatever the aggregate, a loader or a callback raises, after ``ExceptionRaised`` and
-                ``FitEnded``; ``KeyboardInterrupt`` instead ends the fit cleanly (``trainer.interrupted``).
+                ``FitEnded``; ``KeyboardInterrupt`` instead ends the fit cleanly (``trainer.interrupted``),
+                except a second ``SIGINT`` while stopping, which propagates.
         """
         check.aggregate(aggregate, ("fit", "evaluate"), "fit")
         pairs = normalize_loaders(loaders, ("train", "validation"), "fit")
@@ -304,36 +324,64 @@ class Trainer:
         if self.seed is not None:
             seed_everything(self.seed)
         self._start(aggregate)
-        self.should_stop = self.interrupted = False
+        self.should_stop = self.interrupted = self._signal_set_stop = False
+        self.received_signal = None
         self.progress = Progress()
         self.callback_metrics = {}
+        self._position = TrainPosition()
         if "epoch" not in aggregate.__dict__:
             aggregate.__dict__["epoch"] = 0  # a first value, which fires no onepoch
         loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
+        self._loaders = dict(loaders)
         reason: EndReason = "exception"
         bus = self._bus
-        try:
-            with deterministic_algorithms(self.deterministic):
+        with StopSignals(self._on_stop_signal) as signals:
+            try:  # a checkpoint that cannot be used fails the fit before it starts: no event, nothing changed
                 if ckpt_path is not None:
                     self._restore(aggregate, ckpt_path)
-                bus.emit(FitStarted, self, aggregate)
-                reason = self._run_epochs(aggregate, loaders)
-        except KeyboardInterrupt as error:
-            reason, self.interrupted = "interrupted", True
-            bus.emit(ExceptionRaised, self, aggregate, error)
-        except BaseException as error:
-            bus.emit(ExceptionRaised, self, aggregate, error)
-            raise
-        finally:
+            except BaseException:
+                self.strategy.teardown(aggregate)
+                self._loaders = {}
+                raise
             try:
-                bus.emit(FitEnded, self, aggregate, reason)
+                with deterministic_algorithms(self.deterministic):
+                    bus.emit(FitStarted, self, aggregate)
+                    reason = self._run_epochs(aggregate, loaders)
+                self.interrupted = reason == "interrupted"
+            except KeyboardInterrupt as error:
+                reason, self.interrupted = "interrupted", True
+                bus.emit(ExceptionRaised, self, aggregate, error)
+                if signals.insisted:  # a second SIGINT while stopping: the user wants out now
+                    raise
+            except BaseException as error:
+                bus.emit(ExceptionRaised, self, aggregate, error)
+                raise
             finally:
-                self.strategy.teardown(aggregate)  # type: ignore[arg-type]
+                try:
+                    bus.emit(FitEnded, self, aggregate, reason)
+                finally:
+                    self.strategy.teardown(aggregate)
+                    # the trainer sits in reference cycles; a loader it kept would live until the cyclic GC, and a
+                    # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
+                    self._loaders = {}
+
+    def _on_stop_signal(self, signal_number: int) -> None:
+        """``SIGTERM``/``SIGINT`` during ``fit``: stop after the current training step (see ``StopSignals``)."""
+        self.received_signal = signal_number
+        if not self.should_stop:
+            self.should_stop = self._signal_set_stop = True
+
+    def _stop_reason(self) -> EndReason:
+        return "interrupted" if self._signal_set_stop else "stopped"
 
     def _run_epochs(self, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]]) -> EndReason:
         progress, bus = self.progress, self._bus
         deadline = None if self.max_time is None else time.monotonic() + self.max_time
         reason: EndReason | None = None
+        if self.should_stop:  # restored from a checkpoint written as the fit was stopping, or a signal came
+            return self._stop_reason()
+        if self.max_steps is not None and 0 < self.max_steps <= progress.global_step:  # restored at its limit
+            return "max_steps"
         while self.max_epochs is None or progress.epoch < self.max_epochs:
             epoch = progress.epoch
             bus.emit(EpochStarted, self, aggregate, epoch)
@@ -341,6 +389,8 @@ class Trainer:
             for phase, loader in loaders:
                 if phase == "train":
                     results, reason, cut_short = self._train(aggregate, loader, deadline)
+                    if reason == "interrupted":  # the epoch is unfinished: a resumed fit completes it
+                        return reason
                     bus.emit(Trained, self, aggregate, epoch, results)
                 elif cut_short or (epoch + 1) % self.check_val_every_n_epoch:
                     continue
@@ -353,9 +403,10 @@ class Trainer:
                 aggregate.epoch = aggregate.epoch + 1
             except StopIteration:  # the seed's early stopping: a StopIteration committed at onepoch
                 reason = reason or "stopped"
+                self.should_stop = True  # so a checkpoint written at Iterated records the stop
             bus.emit(Iterated, self, aggregate, epoch, flat)
             if reason is None and self.should_stop:
-                reason = "stopped"
+                reason = self._stop_reason()
             if reason is not None:
                 return reason
         return "completed"
@@ -384,7 +435,8 @@ class Trainer:
         wants_targets = results.metrics is not None or bool(listeners)
         reason: EndReason | None = None
         index = progress.batch - 1
-        for index, batch in enumerate(loader, start=progress.batch):
+        iterator = self._position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
+        for index, batch in enumerate(iterator, start=progress.batch):
             if limit is not None and index >= limit:
                 index -= 1
                 break
@@ -406,7 +458,10 @@ class Trainer:
                 for handler in listeners:
                     handler(event)
             if self.should_stop:
-                reason = "stopped"
+                reason = self._stop_reason()
+                if reason == "interrupted" and strategy.accumulating:
+                    reason = None  # finish the accumulation window: a checkpoint holds no partial gradients
+                    continue
             elif max_steps is not None and progress.global_step >= max_steps:
                 reason = "max_steps"
             elif deadline is not None and time.monotonic() >= deadline:
@@ -420,6 +475,8 @@ class Trainer:
                 optimizer.step()
             progress.global_step += 1
         strategy.accumulating, strategy.window_start = False, True
+        if reason == "interrupted":
+            return {}, reason, True  # no results yet: folding the losses now would change the resumed sums
         cut_short = reason is not None and (total is None or index + 1 < total)
         return results.compute(self._reduce), reason, cut_short
 

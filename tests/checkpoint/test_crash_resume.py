@@ -1,0 +1,165 @@
+"""Crash tests: a training process killed with SIGKILL (at chosen steps, inside checkpoint writes, at random
+moments, several times in one run) and resumed each time with ``ckpt_path="last"`` ends with the uninterrupted run's
+weights, bit for bit; SIGTERM from outside stops it cleanly with a checkpoint.
+
+The runs are processes forked from a forkserver that has imported the training script (a fresh interpreter spends
+seconds importing torch); the SIGTERM test runs the script with ``sys.executable``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.checkpoint import train_script
+from torchsystem_trainer.callbacks import ModelCheckpoint
+from torchsystem_trainer.checkpoint import load_file, read_checkpoint
+
+SCRIPT = Path(train_script.__file__)
+KILLED = -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def forkserver() -> Any:
+    context = multiprocessing.get_context("forkserver")
+    # torch._dynamo: imported lazily by the first optimizer built, 2 s of each run otherwise
+    context.set_forkserver_preload(["tests.checkpoint.train_script", "torch._dynamo"])
+    return context
+
+
+def launch(context: Any, config: dict[str, Any], kill_after: float | None = None) -> int | None:
+    """Run ``train_script.main(config)`` in a forked process; kill it ``kill_after`` seconds after it is ready."""
+    ready = context.Event()
+    process = context.Process(target=train_script.main, args=(config, ready))
+    process.start()
+    if kill_after is not None:
+        assert ready.wait(120), "the training process did not start"
+        time.sleep(kill_after)
+        process.kill()
+    process.join(120)
+    assert process.exitcode is not None, "the training process hung"
+    return process.exitcode
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    result = load_file(path)
+    assert result["reason"] == "done"
+    return result["weights"]  # type: ignore[no-any-return]
+
+
+def assert_bit_identical(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), f"{key} differs from the uninterrupted run"
+
+
+def newest_is_loadable(folder: Path) -> None:
+    """What ``ckpt_path="last"`` would resume from is a complete checkpoint (or there is none yet)."""
+    found = ModelCheckpoint(folder).checkpoint_path("last", trainer=None)
+    if found is not None:
+        read_checkpoint(found)
+
+
+@pytest.fixture(scope="module")
+def reference(forkserver: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The uninterrupted run's final weights, per configuration (computed once)."""
+    cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(name: str, **config: Any) -> dict[str, torch.Tensor]:
+        if name not in cache:
+            folder = tmp_path_factory.mktemp(f"reference-{name}")
+            out = folder / "out.pt"
+            run = {**config, "dirpath": str(folder / "checkpoints"), "out": str(out), "resume": False}
+            assert launch(forkserver, run) == 0
+            cache[name] = weights(out)
+        return cache[name]
+
+    return get
+
+
+CHOSEN = {
+    "workers0-augmented": (
+        {"workers": 0, "augment": True},
+        [
+            {"event": "BatchTrained", "at": 1},  # the first step: no checkpoint yet, starts again from scratch
+            {"event": "BatchTrained", "at": 5},  # mid-epoch: resumes after step 3 (every_n_steps=3)
+            {"event": "torn", "at": 3},  # half-written temporary file: the previous checkpoint stays the newest
+            {"event": "EpochStarted", "at": 1},  # exactly at an epoch's end, after its checkpoint
+            {"event": "BatchTrained", "at": 14},  # mid-epoch, EarlyStopping in the middle of its patience
+            {"event": "replace", "at": 2},  # complete temporary file not yet renamed
+            {"event": "BatchTrained", "at": 24},  # the very last step, before its checkpoint
+            {"event": "FitEnded"},  # after the last checkpoint: the resumed fit ends at once
+        ],
+    ),
+    "workers2": (
+        {"workers": 2, "augment": False},
+        [
+            {"event": "BatchTrained", "at": 11},
+            {"event": "EpochStarted", "at": 2},
+            {"event": "BatchTrained", "at": 24},
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CHOSEN), ids=list(CHOSEN))
+def test_sigkill_at_chosen_points_then_resume_last_is_bit_identical(name, forkserver, reference, tmp_path):
+    config, kills = CHOSEN[name]
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    base = {**config, "dirpath": str(folder), "out": str(out)}
+    for kill in kills:
+        assert launch(forkserver, {**base, "kill": kill}) == KILLED, kill
+        newest_is_loadable(folder)
+        assert not out.exists()
+    assert launch(forkserver, base) == 0
+    assert_bit_identical(weights(out), reference(name, **config))
+
+
+def test_sigkill_at_random_moments_then_resume_last_is_bit_identical(forkserver, reference, tmp_path):
+    seed = random.randrange(2**32)
+    chooser = random.Random(seed)
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    base = {"workers": 0, "augment": True, "slow": 0.01, "dirpath": str(folder), "out": str(out)}
+    kills = 0
+    for _ in range(4):
+        code = launch(forkserver, base, kill_after=chooser.uniform(0.0, 0.35))
+        if code == 0:
+            break
+        assert code == KILLED, f"seed {seed}"
+        kills += 1
+        newest_is_loadable(folder)
+    if not out.exists():
+        assert launch(forkserver, base) == 0, f"seed {seed}"
+    assert_bit_identical(weights(out), reference("workers0-augmented", workers=0, augment=True))
+    assert kills >= 1, f"seed {seed}: no kill landed inside the run"
+
+
+def test_sigterm_from_outside_stops_cleanly_and_resumes_exactly(forkserver, reference, tmp_path):
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    config = {"workers": 0, "augment": True, "slow": 0.01, "dirpath": str(folder), "out": str(out)}
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), json.dumps(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.15)
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 0, errors
+    stopped = load_file(out)
+    assert stopped["interrupted"] and stopped["reason"] == "interrupted"
+    last = read_checkpoint(folder / "last.ckpt")
+    assert last["loop"]["progress"]["global_step"] == stopped["global_step"]
+    out.unlink()
+    assert launch(forkserver, config) == 0
+    assert_bit_identical(weights(out), reference("workers0-augmented", workers=0, augment=True))
