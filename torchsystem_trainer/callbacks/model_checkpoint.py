@@ -75,6 +75,10 @@ class ModelCheckpoint(Callback):
         save_on_exception: write ``on_exception.ckpt`` when the fit ends by an exception or ``KeyboardInterrupt``
             (after ``FitStarted``; a failure to write it is a warning, so the original exception propagates).
 
+    A fit stopped by ``SIGTERM`` or ``SIGINT`` (``FitEnded`` with reason ``"interrupted"`` and no
+    ``ExceptionRaised``: the loop stopped between two steps) always writes ``last.ckpt``, whatever ``save_last``,
+    so ``fit(ckpt_path="last")`` continues exactly from there (preemption).
+
     Attributes:
         best_k_models: path -> score (``None`` without ``monitor``) of the files kept, oldest first.
         best_model_path, best_model_score: the best file and its score (without ``monitor``: the latest file).
@@ -137,6 +141,7 @@ class ModelCheckpoint(Callback):
         self._last_path: str | None = None
         self._loaded: dict[str, Any] | None = None
         self._fitting = False
+        self._raised = False
         self._checks = 0
 
     # -- hooks ------------------------------------------------------------------------------------------
@@ -146,7 +151,7 @@ class ModelCheckpoint(Callback):
         about stateful callbacks listed after this one."""
         trainer = event.trainer
         self.dirpath = self._resolve(trainer)
-        self._fitting, self._checks = True, 0
+        self._fitting, self._checks, self._raised = True, 0, False
         if self._loaded is not None:
             self._reconcile(self._loaded)
             self._loaded = None
@@ -171,6 +176,7 @@ class ModelCheckpoint(Callback):
     def on_exception_raised(self, event: ExceptionRaised) -> None:
         """Write ``on_exception.ckpt`` when ``save_on_exception``; a failure to write is only a warning."""
         trainer = event.trainer
+        self._raised = True
         if not self.save_on_exception or not self._fitting or trainer.fast_dev_run:
             return
         path = self._resolve(trainer) / f"{self.EXCEPTION_NAME}{EXTENSION}"
@@ -180,7 +186,12 @@ class ModelCheckpoint(Callback):
             warnings.warn(f"{self._owner}: could not write {str(path)!r}: {error!r}", stacklevel=2)
 
     def on_fit_ended(self, event: FitEnded) -> None:
-        """Warn when ``monitor`` was never found during the fit (no top-k file was written)."""
+        """Write ``last.ckpt`` when a signal stopped the fit; warn when ``monitor`` was never found during the fit
+        (no top-k file was written)."""
+        if event.reason == "interrupted" and self._fitting and not self._raised and not event.trainer.fast_dev_run:
+            last = self._resolve(event.trainer) / f"{self.LAST_NAME}{EXTENSION}"
+            save_atomic(checkpoint_state(event.trainer, event.aggregate), last)
+            self.last_model_path = str(last)
         self._fitting = False
         if self.monitor is not None and self.save_top_k != 0 and not event.trainer.fast_dev_run:
             warn_never_seen(self._owner, self.monitor, self._checks, event.reason)
