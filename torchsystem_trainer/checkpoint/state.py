@@ -418,7 +418,8 @@ def _consumed(batch: int, saved_world_size: int, trainer: Any, source: str) -> i
         f"process now sees other samples, so the data order (and the result) differs from the uninterrupted run"
         + (
             f"; the current epoch continues after {converted} batches per process (it had consumed {batch} per "
-            f"process){'' if batch * saved_world_size % world_size == 0 else ', so a few samples are seen twice'}"
+            f"process{'' if batch * saved_world_size % world_size == 0 else ', so a few samples are seen twice'}) "
+            f"and its training results cover only the batches after the resume"
             if batch
             else ""
         ),
