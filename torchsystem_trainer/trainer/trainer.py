@@ -513,17 +513,16 @@ class Trainer:
     def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str) -> dict[str, float]:
         check.aggregate(aggregate, ("evaluate",), phase if phase == "test" else "validate")
         (_, loader), = normalize_loaders(loaders, (phase,), "test" if phase == "test" else "validate")
+        return self.strategy.launch(self._run_evaluation, aggregate, loader, phase)  # a method: spawn pickles it
 
-        def run() -> dict[str, float]:
-            self._start(aggregate)
-            try:
-                loader_ = self.strategy.process_dataloader(loader, phase)
-                limit = self.limit_val_batches if phase == "validation" else None
-                return self._evaluate(aggregate, loader_, phase, limit)
-            finally:
-                self.strategy.teardown(aggregate)  # type: ignore[arg-type]
-
-        return self.strategy.launch(run)
+    def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
+        self._start(aggregate)
+        try:
+            loader_ = self.strategy.process_dataloader(loader, phase)
+            limit = self.limit_val_batches if phase == "validation" else None
+            return self._evaluate(aggregate, loader_, phase, limit)
+        finally:
+            self.strategy.teardown(aggregate)  # type: ignore[arg-type]
 
     def _predict(self, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
         self._start(aggregate)

@@ -1,0 +1,575 @@
+"""Data-parallel training on ``torch.distributed``: one process per device, each with a full copy of the
+aggregate, gradients averaged by ``torch.nn.parallel.DistributedDataParallel`` (DDP).
+
+Launching (see :meth:`DDPStrategy.launch`): under ``torchrun`` (or any launcher that sets ``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) every process runs the script and joins the group; from a plain
+``python script.py`` the strategy starts the processes itself (:mod:`~torchsystem_trainer.strategies.launchers`
+says how and why). Wrapping (see :meth:`DDPStrategy.setup`) leaves the aggregate unchanged
+(:mod:`~torchsystem_trainer.strategies.routing`). Loaders are sharded
+(:mod:`~torchsystem_trainer.strategies.samplers`).
+
+The design follows Lightning Fabric's ``DDPStrategy`` (device and backend choice, ``no_sync`` for gradient
+accumulation, collectives) and PyTorch's "Getting Started with Distributed Data Parallel" tutorial.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
+from typing import Any, ContextManager, Literal, TypeVar, get_args
+
+import torch
+import torch.distributed as dist
+from lightning_utilities.core.rank_zero import rank_zero_only, rank_zero_warn
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from torch.utils.data import RandomSampler
+from typing_extensions import override
+
+from torchsystem_trainer.domain import Aggregate
+from torchsystem_trainer.strategies.collectives import average_gradients
+from torchsystem_trainer.strategies.devices import (
+    ACCELERATORS,
+    Accelerator,
+    resolve_accelerator,
+    resolve_backend,
+    resolve_devices,
+    resolve_timeout,
+)
+from torchsystem_trainer.strategies.environment import ProcessEnvironment, cpu_count
+from torchsystem_trainer.strategies.launchers import StartMethod, check_main_guard, launch_processes
+from torchsystem_trainer.strategies.routing import Route, loose_parameters, route_modules, unroute
+from torchsystem_trainer.strategies.samplers import distribute_loader, shuffle_seed_of, unshardable_reason
+from torchsystem_trainer.strategies.strategy import ReduceOp, Strategy
+
+__all__ = ["ACCELERATORS", "START_METHODS", "Accelerator", "DDPStrategy"]
+
+A = TypeVar("A", bound=Aggregate)
+R = TypeVar("R")
+START_METHODS: tuple[str, ...] = get_args(StartMethod)
+_RESERVED_DDP_ARGUMENTS = ("module", "device_ids", "output_device", "process_group", "find_unused_parameters")
+_SEED_MODULUS = 2**62  # DistributedSampler seeds its generator with seed + epoch: keep that inside int64
+
+
+class DDPStrategy(Strategy):
+    """Train on several processes, one per device, with ``DistributedDataParallel``.
+
+    Per process: a full copy of the aggregate on its device, its shard of every training batch stream, and the
+    gradients averaged over all processes during the backward pass, so every copy takes the same optimizer step
+    and the weights stay identical. With per-process batch ``B`` on ``N`` processes a step sees the mean
+    gradient of ``N * B`` samples: as one process with batch ``N * B``.
+
+    Args:
+        devices: ``"auto"``: on CUDA every visible GPU, on CPU one process (under ``torchrun``: the processes it
+            started); an ``int``: that many GPUs (the first ones) or, on CPU, that many processes; a list of GPU
+            indices (CUDA only).
+        accelerator: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``.
+        backend: the ``torch.distributed`` backend; ``None``: ``"nccl"`` on CUDA, ``"gloo"`` on CPU.
+        precision: ``"32-true"``, ``"64-true"``, ``"bf16-mixed"`` or ``"16-mixed"`` (see ``Precision``).
+        timeout: how long a collective may wait for the other processes before it fails (a ``timedelta`` or
+            seconds; default 30 minutes): the bound on how long the others wait when one process dies under a
+            launcher that does not stop them (the strategy's own launcher and ``torchrun`` stop them at once).
+        find_unused_parameters: DDP's option: set it when some parameters get no gradient in some steps.
+        start_method: how the strategy starts processes from a plain ``python script.py``: ``"spawn"``
+            (default: works everywhere, CUDA included; needs picklable arguments and a ``__main__`` guard),
+            ``"forkserver"`` (the same, cheaper when launching repeatedly) or ``"fork"`` (Linux; nothing pickled;
+            one intra-op thread per process; no CUDA initialised before). Unused under ``torchrun``.
+        ddp_comm_hook: a DDP communication hook registered on every wrapped module, e.g.
+            ``torch.distributed.algorithms.ddp_comm_hooks.default_hooks.fp16_compress_hook``.
+        ddp_comm_state: the hook's state (``None`` for the default hooks).
+        **ddp_kwargs: other ``DistributedDataParallel`` arguments (``bucket_cap_mb``, ``static_graph``,
+            ``gradient_as_bucket_view``, ``broadcast_buffers``...).
+
+    Raises:
+        ValueError: for an invalid argument, naming it, the value and the valid values.
+        RuntimeError: for ``accelerator="cuda"`` without CUDA, or GPU indices this machine does not have.
+    """
+
+    def __init__(
+        self,
+        devices: str | int | Sequence[int] = "auto",
+        accelerator: str = "auto",
+        backend: str | None = None,
+        precision: str = "32-true",
+        timeout: timedelta | float = timedelta(minutes=30),
+        find_unused_parameters: bool = False,
+        start_method: str = "spawn",
+        ddp_comm_hook: Callable[..., Any] | None = None,
+        ddp_comm_state: object = None,
+        **ddp_kwargs: Any,
+    ) -> None:
+        self.accelerator: Literal["cpu", "cuda"] = resolve_accelerator(accelerator)
+        self._processes, self._gpus = resolve_devices(devices, self.accelerator)
+        self._devices_given = not (isinstance(devices, str) and devices == "auto")
+        self.backend: str = resolve_backend(backend, self.accelerator)
+        self.timeout: timedelta = resolve_timeout(timeout)
+        self.find_unused_parameters = bool(find_unused_parameters)
+        if start_method not in START_METHODS or start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"DDPStrategy: start_method={start_method!r} is invalid here; valid: "
+                f"{', '.join(m for m in START_METHODS if m in multiprocessing.get_all_start_methods())}"
+            )
+        self.start_method: StartMethod = start_method  # type: ignore[assignment]
+        reserved = sorted(set(ddp_kwargs) & set(_RESERVED_DDP_ARGUMENTS))
+        if reserved:
+            raise ValueError(
+                f"DDPStrategy: {', '.join(reserved)} are set by the strategy; give the other "
+                "DistributedDataParallel arguments only"
+            )
+        self._ddp_kwargs = ddp_kwargs
+        self._ddp_comm_hook = ddp_comm_hook
+        self._ddp_comm_state = ddp_comm_state
+        self._routes: list[Route] = []
+        self._loose: list[torch.nn.Parameter] = []
+        self._routing_checked = False
+        self._grads_unsynced = False  # the last backward ran under no_sync: gradients differ across processes
+        self._owns_group = False
+        super().__init__(precision)
+
+    # -- topology ---------------------------------------------------------------------------------------
+
+    @property
+    def num_processes(self) -> int:
+        """Processes this strategy starts on this machine from a plain ``python script.py``."""
+        return self._processes
+
+    @property
+    def parallel_devices(self) -> list[torch.device]:
+        """The device of each local process, by local rank."""
+        if self.accelerator == "cpu":
+            return [torch.device("cpu")] * self._processes
+        return [torch.device("cuda", index) for index in self._gpus]
+
+    @property
+    @override
+    def root_device(self) -> torch.device:
+        if self.accelerator == "cpu":
+            return torch.device("cpu")
+        local_rank = self.local_rank
+        if local_rank >= len(self._gpus):
+            raise RuntimeError(
+                f"DDPStrategy: this process has LOCAL_RANK={local_rank}, but devices={self._gpus} has "
+                f"{len(self._gpus)} GPU(s): start at most that many processes per machine"
+            )
+        return torch.device("cuda", self._gpus[local_rank])
+
+    @property
+    @override
+    def global_rank(self) -> int:
+        if _initialized():
+            return dist.get_rank()
+        environment = ProcessEnvironment.from_environ()
+        return 0 if environment is None else environment.global_rank
+
+    @property
+    @override
+    def local_rank(self) -> int:
+        environment = ProcessEnvironment.from_environ()
+        return 0 if environment is None else environment.local_rank
+
+    @property
+    @override
+    def world_size(self) -> int:
+        if _initialized():
+            return dist.get_world_size()
+        environment = ProcessEnvironment.from_environ()
+        return self.num_processes if environment is None else environment.world_size
+
+    # -- processes --------------------------------------------------------------------------------------
+
+    @override
+    def launch(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run ``function`` in every process of the run, and return its result in the caller.
+
+        - In a process of a run already (a group is initialised: a process this strategy started, an earlier
+          ``fit`` under ``torchrun``, or a user's own ``init_process_group``): run it here.
+        - Under ``torchrun`` (the launch variables are set): join the group and run. The group then lives until
+          the process exits (or a launch fails), so a later ``fit``/``validate`` reuses it: creating a group
+          again on torchrun's store would read the previous group's rendezvous keys (stale peer addresses:
+          measured, "connection refused").
+        - With one process: run here in a one-process group, destroyed at the end.
+        - Otherwise start :attr:`num_processes` processes with :attr:`start_method` and bring rank 0's results
+          back (see :mod:`~torchsystem_trainer.strategies.launchers`); each destroys its group at its end.
+
+        When ``function`` raises, the group is destroyed (which makes the peers' pending collectives fail at
+        once) and the exception propagates.
+
+        Returns:
+            ``function``'s result (rank 0's, when processes were started).
+
+        Raises:
+            RuntimeError: in a child importing an unguarded ``__main__``; when the ``torchrun`` environment
+                does not match ``devices``.
+            ProcessRaisedError: (or the original exception) when a started process fails; see the launcher.
+        """
+        if _initialized():
+            try:
+                return function(*args, **kwargs)
+            except BaseException:
+                if _ENVIRONMENT_GROUP["created"]:  # a torchrun group of an earlier fit: fail the peers now
+                    _destroy_environment_group()
+                raise
+        check_main_guard()
+        environment = ProcessEnvironment.from_environ()
+        if environment is None and self.num_processes > 1:
+            threads = None
+            if self.accelerator == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+                threads = max(1, cpu_count() // self.num_processes)  # do not oversubscribe the cores
+            return launch_processes(  # type: ignore[no-any-return]
+                self,
+                function,
+                args,
+                kwargs,
+                num_processes=self.num_processes,
+                start_method=self.start_method,
+                threads=threads,
+            )
+        if environment is not None:
+            self.init_process_group()
+            try:
+                return function(*args, **kwargs)
+            except BaseException:
+                self.destroy_process_group()
+                raise
+        self.init_process_group(store=dist.HashStore(), rank=0, world_size=1)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self.destroy_process_group()
+
+    def init_process_group(
+        self, store: dist.Store | None = None, rank: int | None = None, world_size: int | None = None
+    ) -> None:
+        """Join the default process group (a no-op when one is initialised): pin this process's GPU, then
+        ``torch.distributed.init_process_group`` with :attr:`backend` and :attr:`timeout`. Sets
+        ``lightning_utilities``' ``rank_zero_only.rank``.
+
+        Args:
+            store: the rendezvous store, with ``rank`` and ``world_size``; ``None``: the ``env://`` rendezvous of
+                a launcher's environment variables.
+            rank: this process's global rank (with ``store``).
+            world_size: the number of processes (with ``store``).
+
+        Raises:
+            RuntimeError: without ``store`` when no launcher set the environment, or when the environment does
+                not match ``devices``.
+        """
+        if _initialized():
+            return
+        options: dict[str, Any] = {"backend": self.backend, "timeout": self.timeout}
+        if store is None:
+            environment = ProcessEnvironment.from_environ()
+            if environment is None:
+                raise RuntimeError(
+                    "DDPStrategy: no process group and no launcher environment (RANK, WORLD_SIZE, MASTER_ADDR, "
+                    "MASTER_PORT): run under torchrun, or let Trainer.fit start the processes"
+                )
+            self._check_environment(environment)
+            options.update(init_method="env://", rank=environment.global_rank, world_size=environment.world_size)
+        else:
+            options.update(store=store, rank=rank, world_size=world_size)
+        if self.accelerator == "cuda":
+            torch.cuda.set_device(self.root_device)
+            if self.backend == "nccl":
+                options["device_id"] = self.root_device  # form the NCCL communicator now: errors surface here
+        dist.init_process_group(**options)
+        self._owns_group = True
+        if store is None:  # the launcher's group lives until the process ends
+            if not _ENVIRONMENT_GROUP["registered"]:
+                atexit.register(_destroy_environment_group)
+            _ENVIRONMENT_GROUP.update(created=True, registered=True)
+        rank_zero_only.rank = dist.get_rank()  # type: ignore[attr-defined]
+
+    def destroy_process_group(self) -> None:
+        """Destroy the default process group if this strategy created it (a user's own group is left alone)."""
+        if self._owns_group and _initialized():
+            dist.destroy_process_group()
+            _ENVIRONMENT_GROUP["created"] = False
+        self._owns_group = False
+
+    def _check_environment(self, environment: ProcessEnvironment) -> None:
+        if self._devices_given and environment.local_world_size != self.num_processes:
+            raise RuntimeError(
+                f"DDPStrategy: the launcher started {environment.local_world_size} process(es) on this machine "
+                f"(LOCAL_WORLD_SIZE), but devices asks for {self.num_processes}: make them agree "
+                "(torchrun --nproc_per_node, or devices='auto')"
+            )
+        self.root_device  # noqa: B018  # raises for a LOCAL_RANK without a GPU
+
+    # -- set-up -----------------------------------------------------------------------------------------
+
+    @override
+    def setup(self, aggregate: A) -> A:
+        """Set up as :class:`Strategy` does (device, precision, optimizer binding), then route each trainable
+        child of the aggregate through ``DistributedDataParallel`` (:mod:`~torchsystem_trainer.strategies.routing`):
+        the aggregate keeps its modules, parameter objects, attributes and ``state_dict`` keys. DDP broadcasts
+        rank 0's parameters and buffers, so every process starts from the same weights. Idempotent.
+
+        Runs inside the processes of the run (``Trainer.fit`` calls it there); under ``torchrun`` it may also run
+        before ``fit`` (it joins the group then).
+
+        Returns:
+            The same aggregate.
+
+        Raises:
+            RuntimeError: outside the processes of a run (no process group, no launcher environment).
+            ValueError: when two trainable children share a parameter.
+        """
+        if not _initialized():
+            self.init_process_group()
+        super().setup(aggregate)
+        new = route_modules(aggregate, self._wrap)
+        if new:
+            self._routes.extend(new)
+            self._routing_checked = False
+        self._loose = loose_parameters(aggregate, [route.module for route in self._routes])
+        return aggregate
+
+    def _wrap(self, module: torch.nn.Module) -> DistributedDataParallel:
+        index = self.root_device.index if self.accelerator == "cuda" else None
+        ddp = DistributedDataParallel(
+            module,
+            device_ids=None if index is None else [index],
+            output_device=index,
+            find_unused_parameters=self.find_unused_parameters,
+            **self._ddp_kwargs,
+        )
+        if self._ddp_comm_hook is not None:
+            ddp.register_comm_hook(self._ddp_comm_state, self._ddp_comm_hook)
+        return ddp
+
+    @property
+    def ddp_modules(self) -> dict[str, DistributedDataParallel]:
+        """The ``DistributedDataParallel`` of each routed child, by its name in the aggregate (``"nn"``); for
+        registering communication hooks or reading DDP's state. Empty outside a fit."""
+        return {route.name: route.ddp for route in self._routes}
+
+    @override
+    def teardown(self, aggregate: Aggregate) -> None:
+        """Give the aggregate's modules their own forward back and remove DDP's gradient hooks, then undo the
+        bindings (the process group stays until :meth:`launch` ends)."""
+        own = {id(module) for module in aggregate.modules()}
+        unroute([route for route in self._routes if id(route.module) in own])
+        self._routes = [route for route in self._routes if id(route.module) not in own]
+        self._loose = []
+        self._grads_unsynced = False
+        super().teardown(aggregate)
+
+    @override
+    def process_dataloader(self, loader: Iterable[Any], phase: str) -> Iterable[Any]:
+        """Shard ``loader`` across the processes (:mod:`~torchsystem_trainer.strategies.samplers`).
+
+        ``"train"``: a ``DistributedSampler`` (the user's shuffle and ``drop_last`` kept; shuffled with the
+        loader's own generator's seed, else rank 0's ``torch.initial_seed()``, so ``Trainer(seed=...)`` decides
+        it); ``"validation"``/``"test"``: a :class:`DistributedEvalSampler` (no padded duplicates);
+        ``"predict"``: unchanged, every process predicts everything (so ``Trainer.predict`` returns all of it).
+        A loader that cannot be sharded (not a ``DataLoader``, an ``IterableDataset``, a custom sampler) is left
+        whole, with a warning on rank 0: every process then runs all of it, which repeats the work but keeps
+        gradients and mean metrics right. A loader with a ``DistributedSampler`` already is left as it is.
+
+        Returns:
+            The loader to iterate in this process.
+
+        Raises:
+            TypeError: for a ``DataLoader`` subclass that cannot be rebuilt with another sampler.
+        """
+        world_size = self.world_size
+        if world_size == 1 or phase == "predict" or not _initialized():
+            return loader
+        reason = unshardable_reason(loader)
+        if reason == "":
+            return loader
+        if reason is not None:
+            rank_zero_warn(
+                f"DDPStrategy: the {phase!r} loader is not sharded across the {world_size} processes, as {reason}. "
+                "Every process iterates all of it: gradients and mean metrics stay right, but the work is repeated "
+                "(and sum-type metrics count every sample once per process)"
+            )
+            return loader
+        seed = shuffle_seed_of(loader)  # type: ignore[arg-type]
+        if seed is None and isinstance(loader.sampler, RandomSampler):  # type: ignore[attr-defined]
+            seed = self.broadcast(torch.initial_seed() % _SEED_MODULUS)
+        return distribute_loader(
+            loader,  # type: ignore[arg-type]
+            train=phase == "train",
+            num_replicas=world_size,
+            rank=self.global_rank,
+            seed=0 if seed is None else seed % _SEED_MODULUS,
+        )
+
+    # -- per batch --------------------------------------------------------------------------------------
+
+    @override
+    def train_step_context(self) -> ContextManager[Any]:
+        """The precision context, plus ``no_sync()`` of every wrapped module while :attr:`accumulating`: the
+        gradient all-reduce then waits for the last batch of the accumulation window (whose backward
+        all-reduces the summed gradients). The whole step (forward and backward) must run inside."""
+        if not self.accumulating or not self._routes:
+            self._grads_unsynced = False
+            return self.forward_context()
+        self._grads_unsynced = True
+        stack = contextlib.ExitStack()
+        for route in self._routes:
+            stack.enter_context(route.ddp.no_sync())
+        stack.enter_context(self.forward_context())
+        return stack
+
+    @override
+    def optimizer_step(self, optimizer: Optimizer) -> Any:
+        """Make sure the gradients are averaged over the processes, then step as :class:`Strategy` does.
+
+        DDP averaged them during the backward pass, except for parameters outside every wrapped module and for
+        a window that ended under ``no_sync`` (a loader that ended inside an accumulation window): those are
+        averaged here. At the first step, checks that no wrapped module was bypassed.
+
+        Raises:
+            RuntimeError: when a wrapped module's parameters got gradients though it was never called (its
+                submodules were called directly), so DDP did not average them.
+        """
+        if not self._routing_checked and self._routes:
+            self._check_routing()
+            self._routing_checked = True
+        if self._grads_unsynced:
+            parameters = [p for route in self._routes for p in route.module.parameters() if p.requires_grad]
+            average_gradients(parameters, self._communication_device(self.root_device))
+            self._grads_unsynced = False
+        if self._loose:
+            stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            loose = [p for p in self._loose if id(p) in stepped]
+            average_gradients(loose, self._communication_device(self.root_device))
+        return super().optimizer_step(optimizer)
+
+    def _check_routing(self) -> None:
+        for route in self._routes:
+            if route.forward.calls == 0 and any(p.grad is not None for p in route.module.parameters()):
+                raise RuntimeError(
+                    f"DDPStrategy: the parameters of aggregate.{route.name} got gradients, but aggregate.{route.name} "
+                    "itself was never called in training, so its gradients were not averaged across processes. "
+                    f"Call aggregate.{route.name}(...) (or self(...) with a forward that calls it), not its "
+                    "submodules directly"
+                )
+
+    # -- collectives ------------------------------------------------------------------------------------
+
+    def _communication_device(self, device: torch.device) -> torch.device:
+        return self.root_device if self.backend == "nccl" else device
+
+    def _require_group(self, name: str) -> bool:
+        if _initialized():
+            return True
+        if self.world_size == 1:
+            return False
+        raise RuntimeError(
+            f"DDPStrategy.{name}: no process group; collectives run inside the processes of a run (in callbacks "
+            "during Trainer.fit, or under torchrun)"
+        )
+
+    @override
+    def all_reduce(self, tensor: Tensor, op: ReduceOp = "sum") -> Tensor:
+        """Reduce ``tensor`` over the processes with ``op``; the input is not modified.
+
+        Args:
+            tensor: any shape, the same on every process; ``"mean"`` needs a floating dtype.
+            op: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"``.
+
+        Returns:
+            The reduced tensor, on ``tensor``'s device, the same on every process.
+
+        Raises:
+            ValueError: for another ``op``.
+            TypeError: for ``"mean"`` of an integer tensor.
+            RuntimeError: outside the processes of a run.
+        """
+        operations = {"sum": "SUM", "mean": "SUM", "max": "MAX", "min": "MIN"}
+        if op not in operations:
+            raise ValueError(f"all_reduce: op={op!r} is invalid; valid: {', '.join(operations)}")
+        if op == "mean" and not (tensor.is_floating_point() or tensor.is_complex()):
+            raise TypeError(f"all_reduce: op='mean' of a {tensor.dtype} tensor; use op='sum' or a floating tensor")
+        if not self._require_group("all_reduce"):
+            return super().all_reduce(tensor, op)
+        result = tensor.detach().to(self._communication_device(tensor.device), copy=True)
+        dist.all_reduce(result, getattr(dist.ReduceOp, operations[op]))
+        if op == "mean":
+            result.div_(self.world_size)
+        return result.to(tensor.device)
+
+    @override
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        """Gather ``tensor`` from every process (not differentiable).
+
+        Args:
+            tensor: the same shape and dtype on every process.
+
+        Returns:
+            ``[world_size, *tensor.shape]``, row ``r`` from rank ``r``, on ``tensor``'s device.
+
+        Raises:
+            RuntimeError: outside the processes of a run.
+        """
+        if not self._require_group("all_gather"):
+            return super().all_gather(tensor)
+        local = tensor.detach().to(self._communication_device(tensor.device), copy=True).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local)
+        return torch.stack(parts).to(tensor.device)
+
+    @override
+    def broadcast(self, obj: R, src: int = 0) -> R:
+        """Send ``obj`` from rank ``src`` to every process: a tensor (the same shape and dtype everywhere) or any
+        picklable object.
+
+        Returns:
+            Rank ``src``'s ``obj`` (a new tensor; ``obj`` is not modified).
+
+        Raises:
+            RuntimeError: outside the processes of a run.
+        """
+        if not self._require_group("broadcast"):
+            return super().broadcast(obj, src)
+        if isinstance(obj, Tensor):
+            result = obj.detach().to(self._communication_device(obj.device), copy=True)
+            dist.broadcast(result, src)
+            return result.to(obj.device)  # type: ignore[return-value]
+        box = [obj]
+        device = self.root_device if self.backend == "nccl" else None
+        dist.broadcast_object_list(box, src, device=device)
+        return box[0]
+
+    @override
+    def barrier(self, name: str | None = None) -> None:
+        """Wait until every process reaches this point (``name`` is for the reader only).
+
+        Raises:
+            RuntimeError: outside the processes of a run.
+        """
+        if not self._require_group("barrier"):
+            return
+        if self.backend == "nccl":
+            dist.barrier(device_ids=[self.root_device.index])
+        else:
+            dist.barrier()
+
+    def __repr__(self) -> str:
+        devices = self._processes if self.accelerator == "cpu" else self._gpus
+        return (
+            f"DDPStrategy(accelerator={self.accelerator!r}, devices={devices!r}, backend={self.backend!r}, "
+            f"precision={self.precision.precision!r}, start_method={self.start_method!r})"
+        )
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+_ENVIRONMENT_GROUP = {"created": False, "registered": False}  # a group joined from torchrun's variables
+
+
+def _destroy_environment_group() -> None:
+    if _ENVIRONMENT_GROUP["created"] and _initialized():
+        dist.destroy_process_group()
+    _ENVIRONMENT_GROUP["created"] = False
