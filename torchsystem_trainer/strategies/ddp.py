@@ -55,6 +55,10 @@ START_METHODS: tuple[str, ...] = get_args(StartMethod)
 _RESERVED_DDP_ARGUMENTS = ("module", "device_ids", "output_device", "process_group", "find_unused_parameters")
 _SEED_MODULUS = 2**62  # DistributedSampler seeds its generator with seed + epoch: keep that inside int64
 
+if getattr(rank_zero_only, "rank", None) is None:  # lightning_utilities leaves it unset: its helpers would raise
+    _environ_rank = os.environ.get("RANK", "0")
+    rank_zero_only.rank = int(_environ_rank) if _environ_rank.isdigit() else 0  # type: ignore[attr-defined]
+
 
 class DDPStrategy(Strategy):
     """Train on several processes, one per device, with ``DistributedDataParallel``.
