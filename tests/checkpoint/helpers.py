@@ -79,7 +79,9 @@ def run(
     torch.manual_seed(0)
     aggregate = Net()
     log = Log()
-    callbacks: list[Any] = [EarlyStopping(monitor="validation/loss", patience=2, min_delta=10.0)] if early_stopping else []
+    callbacks: list[Any] = []
+    if early_stopping:
+        callbacks.append(EarlyStopping(monitor="validation/loss", patience=2, min_delta=10.0))
     metric = torchmetrics.Accuracy("multiclass", num_classes=3) if metrics else None
     trainer = Trainer(
         callbacks=[*callbacks, log, *extra],

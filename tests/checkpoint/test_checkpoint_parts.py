@@ -10,7 +10,14 @@ import torch
 import torchmetrics
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
-from torchsystem_trainer.checkpoint import CheckpointError, load_file, load_rng_state, rng_state, save_atomic, verify_archive
+from torchsystem_trainer.checkpoint import (
+    CheckpointError,
+    load_file,
+    load_rng_state,
+    rng_state,
+    save_atomic,
+    verify_archive,
+)
 from torchsystem_trainer.checkpoint.resume import SkipFirst, TrainPosition, open_skipping
 from torchsystem_trainer.checkpoint.rng import generator_states, generators_of, load_generator_states
 from torchsystem_trainer.trainer.results import PhaseResults, build_metrics

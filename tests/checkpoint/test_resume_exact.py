@@ -14,6 +14,9 @@ from tests.checkpoint.helpers import Snapshot, run, same_weights
 from torchsystem_trainer.callbacks import ModelCheckpoint
 from torchsystem_trainer.checkpoint import load_file, save_atomic
 
+# A resumed fit that has nothing left to do checks no monitored value; EarlyStopping and ModelCheckpoint warn then.
+pytestmark = pytest.mark.filterwarnings("ignore:.*was in no epoch's results:UserWarning")
+
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
@@ -31,7 +34,8 @@ def _with_train(train: object) -> list[tuple[str, object]]:
 
 def seeded_generator():
     inputs, targets = _data()
-    loader = DataLoader(TensorDataset(inputs, targets), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    loader = DataLoader(TensorDataset(inputs, targets), batch_size=8, shuffle=True, generator=generator)
     return _with_train(loader)
 
 
@@ -136,7 +140,8 @@ def test_resuming_the_final_checkpoint_of_an_early_stopped_run_trains_nothing(tm
     checkpoint = ModelCheckpoint(tmp_path, save_last=True)
     reference, trainer, _ = run(loaders, extra=(checkpoint,), max_epochs=6)
     assert trainer.current_epoch == 3 and trainer.should_stop  # EarlyStopping ended it after 3 of 6 epochs
-    resumed, again, after = run(loaders, extra=(ModelCheckpoint(tmp_path, save_last=True),), ckpt_path="last", max_epochs=6)
+    again_checkpoint = ModelCheckpoint(tmp_path, save_last=True)
+    resumed, again, after = run(loaders, extra=(again_checkpoint,), ckpt_path="last", max_epochs=6)
     assert after.batches == [] and again.current_epoch == 3
     assert same_weights(resumed, reference)
 

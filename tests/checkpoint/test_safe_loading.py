@@ -127,7 +127,9 @@ def test_a_bad_file_is_refused_naming_it_and_nothing_changes(kind, folder):
 
 def test_a_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.ckpt"):
-        Trainer(enable_progress_bar=False).fit(train_script.Net(), train_script.loaders(0), ckpt_path=tmp_path / "nothing.ckpt")
+        Trainer(enable_progress_bar=False).fit(
+            train_script.Net(), train_script.loaders(0), ckpt_path=tmp_path / "nothing.ckpt"
+        )
 
 
 class Wider(train_script.Net):
@@ -171,7 +173,8 @@ def test_another_aggregate_identity_warns_naming_both(folder):
     aggregate = train_script.Net()
     aggregate.initialize("d4e5f6")
     with pytest.warns(UserWarning, match=r"other.ckpt.*'a1b2c3'.*into aggregate 'd4e5f6'"):
-        Trainer(enable_progress_bar=False, max_epochs=1).fit(aggregate, train_script.loaders(0), ckpt_path=folder / "other.ckpt")
+        trainer = Trainer(enable_progress_bar=False, max_epochs=1)
+        trainer.fit(aggregate, train_script.loaders(0), ckpt_path=folder / "other.ckpt")
 
 
 class Fragile(Callback):
@@ -219,7 +222,8 @@ class Holder(Callback):
 )
 def test_a_state_weights_only_loading_would_refuse_is_never_written(value, named, tmp_path):
     trainer = Trainer(callbacks=[Holder(value)], enable_progress_bar=False)
-    with pytest.raises(TypeError, match=rf"checkpoint\['callbacks'\]\['Holder'\]\['inner'\]\[1\]\['x'\] is a .*{named}"):
+    where = r"checkpoint\['callbacks'\]\['Holder'\]\['inner'\]\[1\]\['x'\]"
+    with pytest.raises(TypeError, match=rf"{where} is a .*{named}"):
         checkpoint_state(trainer, train_script.Net())
 
 
@@ -228,7 +232,8 @@ def test_a_checkpoint_holds_only_plain_data_and_loads_with_weights_only(folder):
     assert state["format"] == "torchsystem-trainer" and state["version"] == 1
     assert set(state) == {"format", "version", "library_version", "aggregate", "loop", "callbacks", "strategy", "rng"}
     assert set(state["aggregate"]) == {"modules", "optimizers", "schedulers", "epoch", "id"}
-    assert set(state["aggregate"]["optimizers"]) == {"optimizer"} and set(state["aggregate"]["schedulers"]) == {"scheduler"}
+    assert set(state["aggregate"]["optimizers"]) == {"optimizer"}
+    assert set(state["aggregate"]["schedulers"]) == {"scheduler"}
     loop = state["loop"]
     assert loop["progress"] == {"epoch": 0, "batch": 5, "step": 5, "global_step": 5}
     assert loop["world_size"] == 1 and loop["should_stop"] is False

@@ -178,7 +178,8 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
     if kill.get("event") in ("replace", "torn"):
         _kill_in_writes(kill["event"], int(kill["at"]))
     callbacks: list[Any] = [EarlyStopping(monitor="validation/loss", patience=2, min_delta=10.0)]
-    callbacks.append(ModelCheckpoint(config["dirpath"], every_n_steps=3, every_n_epochs=1, save_top_k=2, save_last=True))
+    checkpoint = ModelCheckpoint(config["dirpath"], every_n_steps=3, every_n_epochs=1, save_top_k=2, save_last=True)
+    callbacks.append(checkpoint)
     if kill.get("event") in ("BatchTrained", "EpochStarted", "FitEnded"):
         callbacks.append(Kill(kill["event"], kill.get("at")))
     if config.get("slow"):
