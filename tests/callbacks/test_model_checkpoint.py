@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from tests.conftest import Classifier, make_data
 from torchsystem_trainer import Trainer
 from torchsystem_trainer.callbacks import EarlyStopping, ModelCheckpoint, MonitorError
 from torchsystem_trainer.callbacks import model_checkpoint as model_checkpoint_module
+from torchsystem_trainer.checkpoint import CheckpointError
 
 
 class Scripted(Classifier):
@@ -286,3 +289,23 @@ def test_checkpoints_hold_the_state_other_callbacks_reached_at_the_same_event(tm
 def test_invalid_arguments_raise_naming_them(arguments, match):
     with pytest.raises(ValueError, match=match):
         ModelCheckpoint(**arguments)
+
+
+def test_best_is_found_by_a_fresh_process_from_the_newest_checkpoint(tmp_path):
+    first = ModelCheckpoint(monitor="validation/loss", save_top_k=1, save_last=True)
+    fit(first, tmp_path, max_epochs=2)
+    assert first.best_model_path
+    fresh = ModelCheckpoint(monitor="validation/loss", save_top_k=1, save_last=True)
+    trainer = Trainer(callbacks=[fresh], default_root_dir=tmp_path, enable_progress_bar=False)
+    assert fresh.checkpoint_path("best", trainer) == Path(first.best_model_path)
+
+
+def test_last_refuses_a_folder_of_only_broken_checkpoints(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "epoch=0-step=4.ckpt").write_bytes(b"not a checkpoint")
+    checkpoint = ModelCheckpoint()
+    trainer = Trainer(callbacks=[checkpoint], default_root_dir=tmp_path, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match="not a usable checkpoint"), pytest.raises(CheckpointError, match="none is usable"):
+        trainer.fit(Classifier(), make_data(), ckpt_path="last")
+    assert (folder / "epoch=0-step=4.ckpt").read_bytes() == b"not a checkpoint"

@@ -239,6 +239,9 @@ def newest_checkpoint(folder: Path, last_name: str, exception_name: str) -> Path
     Returns:
         The file, or ``None`` when there is none.
 
+    Raises:
+        CheckpointError: when the folder holds ``*.ckpt`` files and none of them is usable.
+
     Warns:
         UserWarning: for a ``*.ckpt`` file that is not a readable checkpoint of this library (it is skipped).
     """
@@ -250,14 +253,21 @@ def newest_checkpoint(folder: Path, last_name: str, exception_name: str) -> Path
         since = last.stat().st_mtime_ns
         files = [p for p in files if p.stem in (last_name, exception_name) or p.stat().st_mtime_ns > since]
     ranked: list[tuple[tuple[int, int, int, int, int], Path]] = []
+    unusable: list[str] = []
     for path in files:
         try:
             progress = _progress_of(path)
         except (CheckpointError, KeyError, TypeError, ValueError) as error:
             warnings.warn(f"{str(path)!r} is not a usable checkpoint, skipped: {error}", stacklevel=3)
+            unusable.append(path.name)
             continue
         kind = 2 if path.stem == last_name else 0 if path.stem == exception_name else 1
         ranked.append(((*progress, kind, path.stat().st_mtime_ns), path))
+    if unusable and not ranked:  # never start from scratch silently over a folder of broken checkpoints
+        raise CheckpointError(
+            f"{str(folder)!r} holds checkpoints but none is usable ({', '.join(sorted(unusable))}); move them away "
+            "to start from scratch, or pass ckpt_path to a good file"
+        )
     return max(ranked)[1] if ranked else None
 
 

@@ -134,7 +134,7 @@ class EarlyStopping(Callback):
 
     def on_fit_ended(self, event: FitEnded) -> None:
         """Warn when ``monitor`` was never in an epoch's results during the fit."""
-        warn_never_seen(self._owner, self.monitor, self._checks, event.reason)
+        warn_never_seen(self._owner, self.monitor, self._checks, event.reason, bool(event.trainer.callback_metrics))
 
     def _evaluate(self, current: float) -> str | None:
         """Apply the rules of the class docstring to one value; returns why to stop, or ``None``."""

@@ -28,7 +28,8 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
     warn_untracked,
 )
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
-from torchsystem_trainer.checkpoint import checkpoint_state, save_atomic
+from torchsystem_trainer.checkpoint import checkpoint_state, load_file, save_atomic
+from torchsystem_trainer.checkpoint.state import callback_keys
 from torchsystem_trainer.events import BatchTrained, ExceptionRaised, FitEnded, FitStarted, Iterated
 
 __all__ = ["ModelCheckpoint"]
@@ -194,7 +195,7 @@ class ModelCheckpoint(Callback):
             self.last_model_path = str(last)
         self._fitting = False
         if self.monitor is not None and self.save_top_k != 0 and not event.trainer.fast_dev_run:
-            warn_never_seen(self._owner, self.monitor, self._checks, event.reason)
+            warn_never_seen(self._owner, self.monitor, self._checks, event.reason, bool(event.trainer.callback_metrics))
 
     # -- finding files ----------------------------------------------------------------------------------
 
@@ -204,7 +205,7 @@ class ModelCheckpoint(Callback):
         Args:
             which: ``"last"``: the complete checkpoint in the folder that holds the most progress (see
                 :func:`~torchsystem_trainer.callbacks.checkpoint_files.newest_checkpoint`); ``"best"``:
-                ``best_model_path``.
+                ``best_model_path``, or in a fresh process the one saved in the newest checkpoint.
             trainer: the trainer, to resolve the folder when no fit has started yet.
 
         Returns:
@@ -214,10 +215,23 @@ class ModelCheckpoint(Callback):
             ValueError: for another ``which``.
         """
         if which == "best":
-            return Path(self.best_model_path) if self.best_model_path else None
+            if self.best_model_path:
+                return Path(self.best_model_path)
+            return self._best_of_last_run(trainer)  # a fresh process: ask the newest checkpoint
         if which == "last":
             return newest_checkpoint(self._resolve(trainer), self.LAST_NAME, self.EXCEPTION_NAME)
         raise ValueError(f"{self._owner}.checkpoint_path: which={which!r} is invalid; valid: 'last', 'best'")
+
+    def _best_of_last_run(self, trainer: Any) -> Path | None:
+        """The ``best_model_path`` this callback had saved in the newest checkpoint of its folder, if any."""
+        newest = newest_checkpoint(self._resolve(trainer), self.LAST_NAME, self.EXCEPTION_NAME)
+        if newest is None:
+            return None
+        callbacks = list(trainer.callbacks)
+        key = callback_keys(callbacks)[next(i for i, c in enumerate(callbacks) if c is self)]
+        saved = load_file(newest).get("callbacks", {}).get(key, {})
+        best = saved.get("best_model_path")
+        return Path(best) if best and Path(best).is_file() else None
 
     def _resolve(self, trainer: Any) -> Path:
         """The folder as an absolute path (as Lightning does), so the paths kept in the state survive a change of

@@ -89,7 +89,7 @@ def monitored_value(owner: str, key: str, results: Mapping[str, float]) -> float
     raise MonitorError(f"{owner}: {key!r} is not in the epoch's results ({why}); available keys: {available}")
 
 
-def warn_never_seen(owner: str, key: str, checks: int, reason: str) -> None:
+def warn_never_seen(owner: str, key: str, checks: int, reason: str, epochs_ran: bool) -> None:
     """Warn, at the end of a fit that ran to a normal end, when the monitored key was never found.
 
     Args:
@@ -97,8 +97,10 @@ def warn_never_seen(owner: str, key: str, checks: int, reason: str) -> None:
         key: the monitored key.
         checks: how many epochs had the key during the fit.
         reason: ``FitEnded.reason``; nothing is said for ``"exception"`` and ``"interrupted"``.
+        epochs_ran: whether this fit ended at least one epoch (a resumed fit with nothing left to do ends none,
+            and then nothing is said).
     """
-    if checks == 0 and reason not in ("exception", "interrupted"):
+    if epochs_ran and checks == 0 and reason not in ("exception", "interrupted"):
         warnings.warn(
             f"{owner}: {key!r} was in no epoch's results during this fit, so it was never checked (a monitored "
             f"phase that never ran: is there a 'validation' loader, and does check_val_every_n_epoch allow it?)",
