@@ -98,4 +98,5 @@ def _clean_process_state():
         dist.destroy_process_group()
     os.environ.clear()
     os.environ.update(environ)
-    torch.use_deterministic_algorithms(deterministic)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~2 s the first time
+        torch.use_deterministic_algorithms(deterministic)

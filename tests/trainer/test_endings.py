@@ -111,3 +111,13 @@ def test_the_strategy_is_torn_down_after_every_ending(classifier, data):
         Trainer(enable_progress_bar=False).fit(aggregate, data)
     assert "step" not in aggregate.optimizer.__dict__  # the optimizer has its own step back
     assert aggregate._backward is None
+
+
+def test_zero_limits_train_nothing(classifier, data):
+    before = classifier.nn.weight.detach().clone()
+    for limits in ({"max_steps": 0}, {"max_epochs": 0}):
+        recorder = Recorder()
+        Trainer(callbacks=[recorder], enable_progress_bar=False, **limits).fit(classifier, data)
+        reason = "max_steps" if "max_steps" in limits else "completed"
+        assert recorder.events == [("FitStarted",), ("FitEnded", reason)]
+    assert torch.equal(classifier.nn.weight, before)

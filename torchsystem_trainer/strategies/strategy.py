@@ -122,7 +122,8 @@ class Strategy(ABC):
         """Move ``aggregate`` to :attr:`root_device`, cast it to the precision's parameter dtype, and bind its
         optimizers, LR schedulers and :meth:`~torchsystem_trainer.domain.Aggregate.backward` to this strategy.
 
-        Idempotent, so it may also run as a ``Compiler`` step before the Trainer runs it again.
+        Idempotent, so it may also run as a ``Compiler`` step before the Trainer runs it again (for a data-parallel
+        strategy only where the processes already exist, as under ``torchrun``).
 
         Args:
             aggregate: the aggregate to train.

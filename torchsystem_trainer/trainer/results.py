@@ -54,10 +54,12 @@ class PhaseResults:
 
     Args:
         metrics: this phase's metrics (already on the device), or ``None``.
+        device: where the phase's tensors live (for a process that saw no batch but joins the reduction).
     """
 
-    def __init__(self, metrics: MetricCollection | None) -> None:
+    def __init__(self, metrics: MetricCollection | None, device: torch.device | str = "cpu") -> None:
         self.metrics = metrics
+        self.device = torch.device(device)
         self.losses: list[Tensor] = []
         self.sizes: list[int] = []
         self.total: Tensor | None = None  # [] float64 or float32, the folded sum of loss * batch size
@@ -108,13 +110,16 @@ class PhaseResults:
             ValueError: when a metric computes a tensor with more than one element.
         """
         total = self.loss_sum()
+        if total is None and reduce is not None:  # no batch here, but the other processes count on this one
+            total = torch.zeros((), device=self.device)
         results: dict[str, float] = {}
         if total is not None:
             pair = torch.stack([total, torch.tensor(float(self.count), dtype=total.dtype, device=total.device)])
             if reduce is not None:
                 pair = reduce(pair)
             loss_sum, count = pair.tolist()
-            results["loss"] = loss_sum / count
+            if count:
+                results["loss"] = loss_sum / count
         if self.metrics is not None and (total is not None or reduce is not None):
             for name, value in self.metrics.compute().items():
                 tensor = torch.as_tensor(value)

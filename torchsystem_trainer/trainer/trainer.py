@@ -313,7 +313,7 @@ class Trainer:
         results = self._phase_results.get(phase)
         if results is None:
             metrics = None if self.metrics is None else self.metrics.clone().to(self.strategy.root_device)
-            results = self._phase_results[phase] = PhaseResults(metrics)
+            results = self._phase_results[phase] = PhaseResults(metrics, self.strategy.root_device)
         return results
 
     def _on_gradients(self, optimizer: Any) -> None:
@@ -380,7 +380,7 @@ class Trainer:
         reason: EndReason | None = None
         if self.should_stop:  # restored from a checkpoint written as the fit was stopping, or a signal came
             return self._stop_reason()
-        if self.max_steps is not None and 0 < self.max_steps <= progress.global_step:  # restored at its limit
+        if self.max_steps is not None and self.max_steps <= progress.global_step:  # 0, or restored at its limit
             return "max_steps"
         while self.max_epochs is None or progress.epoch < self.max_epochs:
             epoch = progress.epoch
