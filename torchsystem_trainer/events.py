@@ -24,10 +24,15 @@ ending            cause                                           events at the 
                                                                   ``Iterated``, ``FitEnded``
 ``max_time``      ``max_time`` elapsed (checked after each        ... ``BatchTrained``, ``Trained``,
                   batch)                                          ``Iterated``, ``FitEnded``
-``stopped``       ``trainer.should_stop = True`` (any callback,   the current phase finishes its batch, then
-                  e.g. ``EarlyStopping``) or a ``StopIteration``  ``Trained``/``Validated``, ``Iterated``,
-                  committed by the aggregate's domain events      ``FitEnded`` (``StopIteration`` is raised
-                                                                  at the epoch's end, after ``Iterated``)
+``stopped``       ``trainer.should_stop = True`` (any callback,   set during training: the current batch
+                  e.g. ``EarlyStopping``) or a ``StopIteration``  finishes, then ``Trained``, ``Iterated``,
+                  committed by the aggregate's domain events      ``FitEnded`` (validation skipped); set
+                                                                  during validation or at the epoch's end
+                                                                  (``EarlyStopping`` decides at
+                                                                  ``Iterated``): the epoch finishes, then
+                                                                  ``FitEnded``. ``StopIteration`` is raised
+                                                                  as the aggregate's epoch advances, just
+                                                                  before ``Iterated``
 ``interrupted``   ``SIGTERM`` (preemption) or ``SIGINT``          the current training step (and its gradient
                   (Ctrl-C) received while ``fit`` runs in the     accumulation window) finishes, or the
                   main thread: ``fit`` handles both for its       current validation phase and its epoch's

@@ -371,6 +371,23 @@ class Trainer:
         if not self.should_stop:
             self.should_stop = self._signal_set_stop = True
 
+    def _agree_to_stop(self, deadline: float | None) -> float | None:
+        """Under several processes, agree after each training batch on whether to stop, since a signal, a clock
+        or a callback may tell one process and not the others: the strongest request wins everywhere (one small
+        all-reduce and one host read per batch, paid only by data-parallel runs).
+
+        Returns:
+            The deadline to check next, ``0.0`` when some process's ``max_time`` ran out.
+        """
+        timed_out = deadline is not None and time.monotonic() >= deadline
+        local = 3 if timed_out else 2 if self._signal_set_stop else 1 if self.should_stop else 0
+        agreed = int(self.strategy.all_reduce(torch.tensor(local, device=self.strategy.root_device), "max").item())
+        if agreed == 3:
+            return 0.0
+        if agreed and not self.should_stop:
+            self.should_stop, self._signal_set_stop = True, agreed == 2
+        return deadline
+
     def _stop_reason(self) -> EndReason:
         return "interrupted" if self._signal_set_stop else "stopped"
 
@@ -434,6 +451,7 @@ class Trainer:
         listeners = bus.handlers(BatchTrained)
         wants_targets = results.metrics is not None or bool(listeners)
         reason: EndReason | None = None
+        distributed = strategy.world_size > 1
         index = progress.batch - 1
         iterator = self._position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
         for index, batch in enumerate(iterator, start=progress.batch):
@@ -457,6 +475,8 @@ class Trainer:
                 event = BatchTrained(self, aggregate, epoch, index, progress.step, predictions, loss, targets)  # type: ignore[arg-type]
                 for handler in listeners:
                     handler(event)
+            if distributed:  # every process must stop at the same batch, or the next all-reduce hangs
+                deadline = self._agree_to_stop(deadline)
             if self.should_stop:
                 reason = self._stop_reason()
                 if reason == "interrupted" and strategy.accumulating:
