@@ -56,7 +56,7 @@ def run(bar: ProgressBar, epochs: int = 1, train=None, validation=None, **argume
 
 def test_one_bar_per_phase_per_epoch_with_totals_and_results():
     file = io.StringIO()
-    recorder = run(ProgressBar(file=file), epochs=2)
+    recorder = run(ProgressBar(mininterval=0, file=file), epochs=2)
     bars = draws(file.getvalue())
     titles = [(bar[-1].split(":")[0], counts(bar)[-1]) for bar in bars]
     assert titles == [("Epoch 0", 4), ("Validation", 2), ("Epoch 1", 4), ("Validation", 2)]
@@ -68,7 +68,7 @@ def test_one_bar_per_phase_per_epoch_with_totals_and_results():
 
 def test_the_bar_is_redrawn_every_refresh_rate_batches():
     file = io.StringIO()
-    run(ProgressBar(refresh_rate=3, file=file), train=make_data(samples=28))  # 7 training batches
+    run(ProgressBar(refresh_rate=3, mininterval=0, file=file), train=make_data(samples=28))  # 7 training batches
     train, validation = draws(file.getvalue())
     assert counts(train) == [0, 3, 6, 7]  # opened, two refresh points, the phase's end
     assert counts(validation) == [0, 2]
@@ -76,23 +76,23 @@ def test_the_bar_is_redrawn_every_refresh_rate_batches():
 
 def test_a_loader_without_length_has_no_total():
     file = io.StringIO()
-    run(ProgressBar(file=file), train=Unsized(make_data()))
+    run(ProgressBar(mininterval=0, file=file), train=Unsized(make_data()))
     train, _ = draws(file.getvalue())
     assert re.match(r"Epoch 0: 4batch \[", train[-1]), train[-1]
 
 
 def test_refresh_rate_zero_draws_nothing_and_leave_false_erases():
     file = io.StringIO()
-    run(ProgressBar(refresh_rate=0, file=file))
+    run(ProgressBar(refresh_rate=0, mininterval=0, file=file))
     assert file.getvalue() == ""
     file = io.StringIO()
-    run(ProgressBar(leave=False, file=file))
+    run(ProgressBar(leave=False, mininterval=0, file=file))
     assert "\n" not in file.getvalue() and file.getvalue().endswith("\r")
 
 
 def test_test_and_predict_bars():
     file = io.StringIO()
-    bar = ProgressBar(refresh_rate=2, file=file)
+    bar = ProgressBar(refresh_rate=2, mininterval=0, file=file)
     trainer = Trainer(callbacks=[bar], enable_progress_bar=True)
     aggregate, data = Classifier(), make_data()
     trainer.test(aggregate, data[:1])
@@ -110,7 +110,7 @@ def test_a_bar_left_open_by_an_exception_is_closed_at_fit_end():
                 raise RuntimeError("boom")
 
     file = io.StringIO()
-    bar = ProgressBar(file=file)
+    bar = ProgressBar(mininterval=0, file=file)
     trainer = Trainer(callbacks=[bar, Boom()], max_epochs=1, enable_progress_bar=True)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit(Classifier(), make_data())
@@ -134,3 +134,11 @@ def test_invalid_refresh_rate(rate):
 
 def test_flags():
     assert ProgressBar.is_progress_bar is True and ProgressBar.rank_zero_only is True
+
+
+def test_a_fast_loop_is_not_drawn_once_per_batch_by_default():
+    file = io.StringIO()
+    run(ProgressBar(file=file), train=make_data(samples=2000, batch=4))  # 500 batches in well under a second
+    (train, _) = draws(file.getvalue())
+    assert counts(train)[-1] == 500
+    assert len(train) < 100

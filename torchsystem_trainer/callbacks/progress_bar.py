@@ -49,6 +49,8 @@ class ProgressBar(Callback):
         leave: keep each finished bar on screen (tqdm's ``leave``); ``False`` erases it when its phase ends.
         file: where to draw; ``None`` is tqdm's default, ``sys.stderr``. Any object with ``write`` and ``flush``
             (an ``io.StringIO`` in tests).
+        mininterval: the least time between two redraws, in seconds (tqdm's ``mininterval``), so a fast loop
+            does not write a line per batch; 0 redraws at every ``refresh_rate``-th batch.
 
     Attributes:
         is_progress_bar: ``True``; the Trainer adds no default bar when a callback says so.
@@ -61,13 +63,16 @@ class ProgressBar(Callback):
     is_progress_bar: ClassVar[bool] = True
     rank_zero_only: ClassVar[bool] = True
 
-    def __init__(self, refresh_rate: int = 1, leave: bool = True, file: IO[str] | None = None) -> None:
+    def __init__(
+        self, refresh_rate: int = 1, leave: bool = True, file: IO[str] | None = None, mininterval: float = 0.1
+    ) -> None:
         super().__init__()
         if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
             raise ValueError(f"ProgressBar: refresh_rate={refresh_rate!r} is invalid; valid: an int >= 0 (0 disables)")
         self.refresh_rate = refresh_rate
         self.leave = bool(leave)
         self.file = file
+        self.mininterval = float(mininterval)
         self.bar: tqdm[Any] | None = None
 
     @property
@@ -86,7 +91,14 @@ class ProgressBar(Callback):
 
         description = f"Epoch {event.epoch}" if event.phase == "train" else _TITLES.get(event.phase, event.phase)
         self.bar = tqdm(
-            total=event.batches, desc=description, leave=self.leave, file=self.file, dynamic_ncols=True, unit="batch"
+            total=event.batches,
+            desc=description,
+            leave=self.leave,
+            file=self.file,
+            dynamic_ncols=True,
+            unit="batch",
+            mininterval=self.mininterval,
+            miniters=1,
         )
 
     def on_batch_trained(self, event: BatchTrained) -> None:
@@ -129,10 +141,12 @@ class ProgressBar(Callback):
 
     def _advance(self, count: int) -> None:
         bar = self.bar
-        if bar is not None:
-            bar.n = count
-            if count % self.refresh_rate == 0:
-                bar.refresh()
+        if bar is None:
+            return
+        if count % self.refresh_rate == 0:
+            bar.update(count - bar.n)  # tqdm redraws at most every mininterval: no line per batch
+        else:
+            bar.n = count  # counted, drawn at the next refresh or when the phase ends
 
     def _finish(self, results: dict[str, float]) -> None:
         bar = self.bar
