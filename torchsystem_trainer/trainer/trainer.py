@@ -246,31 +246,39 @@ class Trainer:
             raise ValueError("Trainer.fit: loaders has no 'train' loader; give [('train', loader), ...]")
         self.strategy.launch(self._fit, aggregate, pairs, ckpt_path)
 
-    def validate(self, aggregate: Module, loaders: Any) -> dict[str, float]:
+    def validate(
+        self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
+    ) -> dict[str, float]:
         """Run one validation phase (``PhaseStarted``, ``BatchValidated``..., ``Validated``).
 
         Args:
             aggregate: the aggregate, with an ``evaluate`` method.
             loaders: one loader, ``[("validation", loader)]`` or ``{"validation": loader}``.
+            ckpt_path: first load the aggregate's state (weights, optimizers, epoch) from this checkpoint file,
+                or from the ``ModelCheckpoint``'s ``"best"``/``"last"`` one (Lightning's ``ckpt_path``).
 
         Returns:
             The results: ``{"loss": ..., <metric>: ...}``.
 
         Raises:
-            ValueError, TypeError: as for :meth:`fit`.
+            ValueError, TypeError: as for :meth:`fit`; ``ValueError`` also for ``"best"``/``"last"`` when there
+                is no such checkpoint.
+            FileNotFoundError, CheckpointError: for a checkpoint that is missing, unsafe or does not match.
         """
-        return self._evaluate_only(aggregate, loaders, "validation")
+        return self._evaluate_only(aggregate, loaders, "validation", ckpt_path)
 
-    def test(self, aggregate: Module, loaders: Any) -> dict[str, float]:
+    def test(
+        self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
+    ) -> dict[str, float]:
         """Run one test phase (``PhaseStarted``, ``BatchTested``..., ``Tested``); see :meth:`validate`.
 
         Returns:
             The results: ``{"loss": ..., <metric>: ...}``.
 
         Raises:
-            ValueError, TypeError: as for :meth:`fit`.
+            ValueError, TypeError, FileNotFoundError, CheckpointError: as for :meth:`validate`.
         """
-        return self._evaluate_only(aggregate, loaders, "test")
+        return self._evaluate_only(aggregate, loaders, "test", ckpt_path)
 
     def predict(self, aggregate: Module, loader: Iterable[Any]) -> list[Any]:
         """Predict every batch of ``loader`` in the ``'evaluation'`` phase under ``torch.inference_mode()``.
@@ -530,9 +538,17 @@ class Trainer:
         bus.emit(phase_event, self, aggregate, epoch, computed)
         return computed
 
-    def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str) -> dict[str, float]:
-        check.aggregate(aggregate, ("evaluate",), phase if phase == "test" else "validate")
-        (_, loader), = normalize_loaders(loaders, (phase,), "test" if phase == "test" else "validate")
+    def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str, ckpt_path: Any) -> dict[str, float]:
+        method = "test" if phase == "test" else "validate"
+        check.aggregate(aggregate, ("evaluate",), method)
+        (_, loader), = normalize_loaders(loaders, (phase,), method)
+        if ckpt_path is not None:
+            from torchsystem_trainer.checkpoint import load_aggregate_state, read_checkpoint, resolve_checkpoint_path
+
+            path = resolve_checkpoint_path(self, ckpt_path)
+            if path is None:
+                raise ValueError(f"Trainer.{method}: ckpt_path={ckpt_path!r}, but there is no checkpoint yet")
+            load_aggregate_state(aggregate, read_checkpoint(path)["aggregate"], str(path))
         return self.strategy.launch(self._run_evaluation, aggregate, loader, phase)  # a method: spawn pickles it
 
     def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
