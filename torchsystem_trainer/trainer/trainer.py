@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,10 +20,6 @@ from torch.nn import Module
 
 from torchsystem_trainer.checkpoint import StopSignals, TrainPosition
 from torchsystem_trainer.events import (
-    BatchPredicted,
-    BatchTested,
-    BatchTrained,
-    BatchValidated,
     EndReason,
     EpochStarted,
     ExceptionRaised,
@@ -31,32 +27,19 @@ from torchsystem_trainer.events import (
     FitStarted,
     GradientsComputed,
     Iterated,
-    PhaseStarted,
-    Predicted,
-    Tested,
     Trained,
-    Validated,
 )
 from torchsystem_trainer.services import Consumer
 from torchsystem_trainer.strategies import CLIP_ALGORITHMS, Strategy, resolve_strategy
-from torchsystem_trainer.strategies.binding import find_optimizers
 from torchsystem_trainer.trainer import arguments as check
 from torchsystem_trainer.trainer.dispatch import EventBus
-from torchsystem_trainer.trainer.loaders import (
-    batch_size,
-    batch_targets,
-    call_step,
-    limit_of,
-    normalize_loaders,
-)
+from torchsystem_trainer.trainer.loaders import normalize_loaders
+from torchsystem_trainer.trainer.phases import evaluate_phase, predict_phase, train_phase
 from torchsystem_trainer.trainer.progress import Progress
 from torchsystem_trainer.trainer.results import PhaseResults, build_metrics
 from torchsystem_trainer.trainer.seeding import deterministic_algorithms, seed_everything
 
 __all__ = ["Trainer"]
-
-_EVALUATION_EVENTS = {"validation": (BatchValidated, Validated), "test": (BatchTested, Tested)}
-
 
 class Trainer:
     """Trains, validates, tests and predicts with an aggregate, producing events for its callbacks.
@@ -413,14 +396,14 @@ class Trainer:
             flat: dict[str, float] = {}
             for phase, loader in loaders:
                 if phase == "train":
-                    results, reason, cut_short = self._train(aggregate, loader, deadline)
+                    results, reason, cut_short = train_phase(self, aggregate, loader, deadline)
                     if reason == "interrupted":  # the epoch is unfinished: a resumed fit completes it
                         return reason
                     bus.emit(Trained, self, aggregate, epoch, results)
                 elif cut_short or (epoch + 1) % self.check_val_every_n_epoch:
                     continue
                 else:
-                    results = self._evaluate(aggregate, loader, phase, self.limit_val_batches)
+                    results = evaluate_phase(self, aggregate, loader, phase, self.limit_val_batches)
                 flat.update({f"{phase}/{name}": value for name, value in results.items()})
             self.callback_metrics = flat
             progress.epoch, progress.batch = epoch + 1, 0
@@ -435,108 +418,6 @@ class Trainer:
             if reason is not None:
                 return reason
         return "completed"
-
-    def _train(
-        self, aggregate: Any, loader: Iterable[Any], deadline: float | None
-    ) -> tuple[dict[str, float], EndReason | None, bool]:
-        """Run one training phase. Returns its results, why the fit must stop (or ``None``), and whether the
-        phase was cut short before the loader's end."""
-        strategy, progress, bus = self.strategy, self.progress, self._bus
-        aggregate.phase = "train"  # type: ignore[assignment]
-        epoch = progress.epoch
-        set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
-        if callable(set_epoch):  # DistributedSampler and friends reshuffle per epoch
-            set_epoch(epoch)
-        limit = limit_of(loader, self.limit_train_batches, "limit_train_batches")
-        total = _planned(loader, limit)
-        bus.emit(PhaseStarted, self, aggregate, epoch, "train", total)
-        results = self._results_of("train")
-        if progress.batch == 0:
-            results.reset()
-        fit, owner = aggregate.fit, f"{type(aggregate).__name__}.fit"  # type: ignore[union-attr]
-        to_device, context = strategy.batch_to_device, strategy.train_step_context
-        accumulate, max_steps = self.accumulate_grad_batches, self.max_steps
-        listeners = bus.handlers(BatchTrained)
-        wants_targets = results.metrics is not None or bool(listeners)
-        reason: EndReason | None = None
-        distributed = strategy.world_size > 1
-        index = progress.batch - 1
-        iterator = self._position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
-        for index, batch in enumerate(iterator, start=progress.batch):
-            if limit is not None and index >= limit:
-                index -= 1
-                break
-            batch = to_device(batch)
-            if accumulate > 1:
-                position = index % accumulate
-                strategy.window_start = position == 0
-                strategy.accumulating = position != accumulate - 1 and index + 1 != total
-            with context():
-                predictions, loss = call_step(fit, batch, owner)
-            targets = batch_targets(batch) if wants_targets else None
-            results.update(loss, batch_size(batch), predictions, targets)
-            progress.batch = index + 1
-            progress.step += 1
-            if not strategy.accumulating:
-                progress.global_step += 1
-            if listeners:
-                event = BatchTrained(self, aggregate, epoch, index, progress.step, predictions, loss, targets)  # type: ignore[arg-type]
-                for handler in listeners:
-                    handler(event)
-            if distributed:  # every process must stop at the same batch, or the next all-reduce hangs
-                deadline = self._agree_to_stop(deadline)
-            if self.should_stop:
-                reason = self._stop_reason()
-                if reason == "interrupted" and strategy.accumulating:
-                    reason = None  # finish the accumulation window: a checkpoint holds no partial gradients
-                    continue
-            elif max_steps is not None and progress.global_step >= max_steps:
-                reason = "max_steps"
-            elif deadline is not None and time.monotonic() >= deadline:
-                reason = "max_time"
-            else:
-                continue
-            break
-        if strategy.accumulating:  # the loader ended inside an accumulation window of unknown length
-            strategy.accumulating = False
-            for optimizer in find_optimizers(aggregate):
-                optimizer.step()
-            progress.global_step += 1
-        strategy.accumulating, strategy.window_start = False, True
-        if reason == "interrupted":
-            return {}, reason, True  # no results yet: folding the losses now would change the resumed sums
-        cut_short = reason is not None and (total is None or index + 1 < total)
-        return results.compute(self._reduce), reason, cut_short
-
-    def _evaluate(self, aggregate: Any, loader: Iterable[Any], phase: str, limit_arg: Any) -> dict[str, float]:
-        """Run one validation or test phase and emit its events; returns its results."""
-        strategy, progress, bus = self.strategy, self.progress, self._bus
-        batch_event, phase_event = _EVALUATION_EVENTS[phase]
-        aggregate.phase = "evaluation"  # type: ignore[assignment]
-        epoch = progress.epoch
-        limit = limit_of(loader, limit_arg, "limit_val_batches")
-        bus.emit(PhaseStarted, self, aggregate, epoch, phase, _planned(loader, limit))
-        results = self._results_of(phase)
-        results.reset()
-        evaluate, owner = aggregate.evaluate, f"{type(aggregate).__name__}.evaluate"  # type: ignore[union-attr]
-        to_device = strategy.batch_to_device
-        listeners = bus.handlers(batch_event)
-        wants_targets = results.metrics is not None or bool(listeners)
-        with torch.inference_mode(), strategy.forward_context():
-            for index, batch in enumerate(loader):
-                if limit is not None and index >= limit:
-                    break
-                batch = to_device(batch)
-                predictions, loss = call_step(evaluate, batch, owner)
-                targets = batch_targets(batch) if wants_targets else None
-                results.update(loss, batch_size(batch), predictions, targets)
-                if listeners:
-                    event = batch_event(self, aggregate, epoch, index, progress.step, predictions, loss, targets)
-                    for handler in listeners:
-                        handler(event)
-        computed = results.compute(self._reduce)
-        bus.emit(phase_event, self, aggregate, epoch, computed)
-        return computed
 
     def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str, ckpt_path: Any) -> dict[str, float]:
         method = "test" if phase == "test" else "validate"
@@ -556,29 +437,16 @@ class Trainer:
         try:
             loader_ = self.strategy.process_dataloader(loader, phase)
             limit = self.limit_val_batches if phase == "validation" else None
-            return self._evaluate(aggregate, loader_, phase, limit)
+            return evaluate_phase(self, aggregate, loader_, phase, limit)
         finally:
             self.strategy.teardown(aggregate)  # type: ignore[arg-type]
 
     def _predict(self, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
         self._start(aggregate)
         try:
-            aggregate.phase = "evaluation"  # type: ignore[assignment]
-            bus, to_device = self._bus, self.strategy.batch_to_device
-            loader = self.strategy.process_dataloader(loader, "predict")
-            bus.emit(PhaseStarted, self, aggregate, self.progress.epoch, "predict", _length(loader))
-            predict: Callable[[Any], Any] | None = getattr(aggregate, "predict", None)
-            predictions: list[Any] = []
-            with torch.inference_mode(), self.strategy.forward_context():
-                for index, batch in enumerate(loader):
-                    batch = to_device(batch)
-                    output = predict(batch) if predict is not None else aggregate(_inputs_of(batch))
-                    predictions.append(output)
-                    bus.emit(BatchPredicted, self, aggregate, index, output)
-            bus.emit(Predicted, self, aggregate, predictions)
-            return predictions
+            return predict_phase(self, aggregate, self.strategy.process_dataloader(loader, "predict"))
         finally:
-            self.strategy.teardown(aggregate)  # type: ignore[arg-type]
+            self.strategy.teardown(aggregate)
 
     def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.strategy.all_reduce(tensor, "sum") if self.strategy.world_size > 1 else tensor
@@ -603,29 +471,3 @@ class Trainer:
 
             callbacks.append(ProgressBar())
         return callbacks
-
-
-def _length(loader: Iterable[Any]) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _planned(loader: Iterable[Any], limit: int | None) -> int | None:
-    """How many batches a phase will run: the loader's length, capped by ``limit``; ``None`` if unknown."""
-    length = _length(loader)
-    if limit is None:
-        return length
-    return limit if length is None else min(limit, length)
-
-
-def _inputs_of(batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch:
-        return batch[0]
-    raise TypeError(
-        f"Trainer.predict: a batch is a tensor, or a tuple or list whose first element is the inputs; got a "
-        f"{type(batch).__name__} (or give the aggregate a predict(batch) method)"
-    )
