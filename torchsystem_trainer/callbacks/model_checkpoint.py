@@ -28,8 +28,7 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
     warn_untracked,
 )
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
-from torchsystem_trainer.checkpoint import checkpoint_state, load_file, save_atomic
-from torchsystem_trainer.checkpoint.state import callback_keys
+from torchsystem_trainer.checkpoint import callback_keys, checkpoint_state, load_file, save_atomic
 from torchsystem_trainer.events import BatchTrained, ExceptionRaised, FitEnded, FitStarted, Iterated
 
 __all__ = ["ModelCheckpoint"]

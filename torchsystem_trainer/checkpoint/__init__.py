@@ -1,5 +1,11 @@
 """Checkpoints: atomic files of plain data holding the whole training state, and exact resumption from them."""
 
+from torchsystem_trainer.checkpoint.aggregate import (
+    aggregate_state,
+    check_aggregate_state,
+    check_plain,
+    load_aggregate_state,
+)
 from torchsystem_trainer.checkpoint.io import CheckpointError, load_file, save_atomic, verify_archive
 from torchsystem_trainer.checkpoint.resume import EpochStart, TrainPosition
 from torchsystem_trainer.checkpoint.rng import load_rng_state, rng_state
@@ -7,11 +13,8 @@ from torchsystem_trainer.checkpoint.signals import STOP_SIGNALS, StopSignals
 from torchsystem_trainer.checkpoint.state import (
     FORMAT,
     VERSION,
-    aggregate_state,
-    check_aggregate_state,
-    check_plain,
+    callback_keys,
     checkpoint_state,
-    load_aggregate_state,
     read_checkpoint,
     resolve_checkpoint_path,
     restore,
@@ -26,6 +29,7 @@ __all__ = [
     "StopSignals",
     "TrainPosition",
     "aggregate_state",
+    "callback_keys",
     "check_aggregate_state",
     "check_plain",
     "checkpoint_state",

@@ -1,0 +1,191 @@
+"""The aggregate's part of a checkpoint: its modules, optimizers, LR schedulers, epoch and identity.
+
+Also :func:`check_plain`, which refuses, before anything is written, a value that ``torch.load(weights_only=True)``
+could not read back.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.nn import Module
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from torchsystem_trainer.checkpoint.io import CheckpointError
+
+__all__ = ["aggregate_state", "check_aggregate_state", "check_plain", "load_aggregate_state"]
+
+# What torch.load(weights_only=True) reads back, by exact type (numpy.float64 is a float, and refused; a
+# defaultdict is a dict, and refused).
+_SCALARS = (str, bytes, bytearray, int, float, complex, bool, type(None))
+_PLAIN = (torch.Tensor, torch.dtype, torch.device, torch.Size)
+
+
+def _named(owner: Module, kinds: tuple[type, ...]) -> Iterator[tuple[str, Any]]:
+    for name, value in vars(owner).items():
+        if isinstance(value, kinds):
+            yield name, value
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                if isinstance(item, kinds):
+                    yield f"{name}.{index}", item
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, kinds):
+                    yield f"{name}.{key}", item
+
+
+def _identity(aggregate: Module) -> str | None:
+    try:
+        identity = aggregate.id
+    except Exception:  # an aggregate without an identity (not initialized, unregistered parts)
+        return None
+    return None if identity is None else str(identity)
+
+
+def check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Check that ``obj`` holds only what ``torch.load(weights_only=True)`` reads back: tensors, numbers, strings,
+    bytes, ``None``, dtypes, devices, sizes, and lists, tuples, sets, dicts and ``OrderedDict`` of those (exactly
+    those types: a NumPy scalar, a ``defaultdict`` or a ``frozenset`` would not load).
+
+    Args:
+        obj: the object about to be saved.
+        where: its name, for the message (``"checkpoint"``).
+
+    Raises:
+        TypeError: naming the first value of another type by its path (``checkpoint['callbacks']['X']['y']``)
+            and its type, so a checkpoint that could not be loaded is never written.
+    """
+    stack: list[tuple[str, Any]] = [(where, obj)]
+    while stack:
+        path, value = stack.pop()
+        if type(value) in _SCALARS:
+            continue
+        if isinstance(value, _PLAIN):
+            if isinstance(value, torch.Tensor) and type(value) not in (torch.Tensor, torch.nn.Parameter):
+                raise TypeError(f"{path} is a {type(value).__name__}, a tensor subclass weights_only loading refuses")
+            continue
+        if type(value) in (dict, OrderedDict):
+            stack.extend((f"{path}[{key!r}]", item) for key, item in value.items())
+            stack.extend((f"{path} key {key!r}", key) for key in value)
+        elif type(value) in (list, tuple, set):
+            stack.extend((f"{path}[{index}]", item) for index, item in enumerate(value))
+        else:
+            raise TypeError(
+                f"{path} is a {type(value).__module__}.{type(value).__qualname__}: checkpoints hold only tensors, "
+                f"numbers, strings and plain containers (they load with weights_only=True); convert it in the "
+                f"state_dict that returns it"
+            )
+
+
+def aggregate_state(aggregate: Module) -> dict[str, Any]:
+    """The aggregate's whole state.
+
+    Args:
+        aggregate: the aggregate (any module).
+
+    Returns:
+        ``{"modules": state_dict, "optimizers": {attribute: state}, "schedulers": {attribute: state},
+        "epoch": int | None, "id": str | None}``: every optimizer and LR scheduler it holds as an attribute (or
+        in a list, tuple or dict attribute), by attribute name.
+    """
+    return {
+        "modules": aggregate.state_dict(),
+        "optimizers": {name: o.state_dict() for name, o in _named(aggregate, (Optimizer,))},
+        "schedulers": {name: s.state_dict() for name, s in _named(aggregate, (LRScheduler, ReduceLROnPlateau))},
+        "epoch": aggregate.__dict__.get("epoch"),
+        "id": _identity(aggregate),
+    }
+
+
+def check_aggregate_state(aggregate: Module, state: dict[str, Any], source: str = "checkpoint") -> None:
+    """Check that :func:`aggregate_state`'s output fits ``aggregate``, changing nothing.
+
+    Args:
+        aggregate: the aggregate to restore into.
+        state: the saved state.
+        source: the file name, for messages.
+
+    Raises:
+        CheckpointError: when parameters do not match (listing missing and unexpected keys and shape
+            mismatches), an optimizer or scheduler of the checkpoint is not in the aggregate, or an optimizer's
+            parameter groups differ in number or size; the message names ``source``.
+    """
+    try:
+        modules, optimizers_saved, schedulers_saved = state["modules"], state["optimizers"], state["schedulers"]
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{source} has no valid aggregate state (missing {error})") from error
+    own = aggregate.state_dict()
+    missing = sorted(set(own) - set(modules))
+    unexpected = sorted(set(modules) - set(own))
+    shapes = [
+        f"{key}: checkpoint {list(modules[key].shape)} vs aggregate {list(own[key].shape)}"
+        for key in sorted(set(own) & set(modules))
+        if isinstance(own[key], torch.Tensor)
+        and (not isinstance(modules[key], torch.Tensor) or own[key].shape != modules[key].shape)
+    ]
+    optimizers = dict(_named(aggregate, (Optimizer,)))
+    schedulers = dict(_named(aggregate, (LRScheduler, ReduceLROnPlateau)))
+    absent = [n for n in optimizers_saved if n not in optimizers] + [n for n in schedulers_saved if n not in schedulers]
+    groups = []
+    for name, optimizer in optimizers.items():
+        saved = optimizers_saved.get(name)
+        if saved is None:
+            continue
+        sizes = [len(group["params"]) for group in saved.get("param_groups", [])]
+        actual = [len(group["params"]) for group in optimizer.param_groups]
+        if sizes != actual:
+            groups.append(f"{name}: checkpoint {sizes} vs aggregate {actual}")
+    if missing or unexpected or shapes or absent or groups:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing keys: {missing}" if missing else "",
+                f"unexpected keys: {unexpected}" if unexpected else "",
+                f"shape mismatches: {shapes}" if shapes else "",
+                f"optimizers/schedulers not in the aggregate: {absent}" if absent else "",
+                f"parameters per optimizer group differ: {groups}" if groups else "",
+            )
+            if part
+        )
+        raise CheckpointError(f"{source} does not match {type(aggregate).__name__}: {details}")
+
+
+def load_aggregate_state(aggregate: Module, state: dict[str, Any], source: str = "checkpoint") -> None:
+    """Put :func:`aggregate_state`'s output back, checking everything before changing anything.
+
+    The ``epoch`` is set without firing ``onepoch`` (it is restored, not advanced).
+
+    Args:
+        aggregate: the aggregate to restore into.
+        state: what :func:`aggregate_state` returned.
+        source: the file name, for messages.
+
+    Raises:
+        CheckpointError: see :func:`check_aggregate_state`; the aggregate is then unchanged.
+
+    Warns:
+        UserWarning: when the checkpoint's aggregate identity (registry hash) differs from ``aggregate``'s,
+            naming both.
+    """
+    check_aggregate_state(aggregate, state, source)
+    identity, saved = _identity(aggregate), state.get("id")
+    if identity is not None and saved is not None and identity != saved:
+        warnings.warn(
+            f"{source} was written by aggregate {saved!r}; restoring it into aggregate {identity!r}",
+            stacklevel=3,
+        )
+    aggregate.load_state_dict(state["modules"])
+    for name, optimizer in _named(aggregate, (Optimizer,)):
+        if name in state["optimizers"]:
+            optimizer.load_state_dict(state["optimizers"][name])
+    for name, scheduler in _named(aggregate, (LRScheduler, ReduceLROnPlateau)):
+        if name in state["schedulers"]:
+            scheduler.load_state_dict(state["schedulers"][name])
+    if state.get("epoch") is not None:
+        aggregate.__dict__["epoch"] = state["epoch"]  # restored, not advanced: no onepoch
