@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast, dataclass_transform, overload
 
 from torchsystem_trainer.depends import Injector, Provider, inject
+from torchsystem_trainer.services.registration import register_unique
 
 __all__ = ["Consumer", "Producer", "event"]
 
@@ -211,12 +212,7 @@ class Producer:
         Raises:
             TypeError: If one has no callable ``consume``; none is registered then.
         """
-        for consumer in consumers:
-            if not callable(getattr(consumer, "consume", None)):
-                raise TypeError(f"{consumer!r} cannot be registered on a Producer: it has no consume() method")
-        for consumer in consumers:
-            if not any(registered is consumer for registered in self._consumers):
-                self._consumers.append(consumer)
+        register_unique(self._consumers, consumers, "consume", "Producer")
 
     def dispatch(self, message: Any) -> None:
         """Call ``consumer.consume(message)`` on every registered consumer, in registration order.

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from torchsystem_trainer.depends import Injector, Provider, inject
+from torchsystem_trainer.services.registration import register_unique
 
 __all__ = ["Publisher", "Subscriber"]
 
@@ -118,12 +119,7 @@ class Publisher:
         Raises:
             TypeError: If one has no callable ``receive``; none is registered then.
         """
-        for subscriber in subscribers:
-            if not callable(getattr(subscriber, "receive", None)):
-                raise TypeError(f"{subscriber!r} cannot be registered on a Publisher: it has no receive() method")
-        for subscriber in subscribers:
-            if not any(registered is subscriber for registered in self._subscribers):
-                self._subscribers.append(subscriber)
+        register_unique(self._subscribers, subscribers, "receive", "Publisher")
 
     def publish(self, message: Any, topic: str) -> None:
         """Call ``subscriber.receive(message, topic)`` on every registered subscriber.
