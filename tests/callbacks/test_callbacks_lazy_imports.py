@@ -1,4 +1,5 @@
-"""Importing the package or its callbacks loads neither tensorboard nor tqdm: they load when a fit needs them.
+"""Importing the package or its callbacks loads neither tensorboard, tqdm nor torchmetrics (which brings scipy):
+they load when a fit needs them.
 
 ``import torch`` itself imports ``tqdm`` (through ``torch.hub``), so for tqdm the claim is that nothing beyond
 what torch already loaded comes in; tensorboard must not be loaded at all.
@@ -17,7 +18,7 @@ PROBE = """
 import importlib, json, sys
 import torch
 before = set(sys.modules)
-heavy = ("tensorboard", "tqdm", "torch.utils.tensorboard")
+heavy = ("tensorboard", "tqdm", "torch.utils.tensorboard", "torchmetrics", "scipy")
 report = {}
 for module in ("torchsystem_trainer", "torchsystem_trainer.callbacks", "torchsystem_trainer.callbacks.tensorboard",
                "torchsystem_trainer.callbacks.progress_bar"):
@@ -29,7 +30,7 @@ print(json.dumps(report))
 """
 
 
-def test_imports_load_neither_tensorboard_nor_tqdm():
+def test_imports_load_neither_tensorboard_tqdm_nor_torchmetrics():
     result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {

@@ -64,11 +64,14 @@ def bind_optimizer(optimizer: Optimizer, strategy: Strategy) -> None:
     def step(closure: Callable[[], Any] | None = None) -> Any:
         if binding.inside:  # called back by the strategy (or its fp16 scaler): the optimizer's own step
             return binding.step() if closure is None else binding.step(closure)
-        if binding.strategy.accumulating:
+        strategy = binding.strategy
+        if strategy.plain_step:  # nothing to do around the step: skip optimizer_step's checks and the re-entry
+            return binding.step() if closure is None else binding.step(closure)
+        if strategy.accumulating:
             return None
         binding.inside = True
         try:
-            return binding.strategy.optimizer_step(optimizer)
+            return strategy.optimizer_step(optimizer)
         finally:
             binding.inside = False
 

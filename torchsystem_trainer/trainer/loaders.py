@@ -146,6 +146,9 @@ def batch_targets(batch: Any) -> Any:
 def batch_size(batch: Any) -> int:
     """The number of samples in a batch: the first dimension of its first tensor (1 for a 0-d tensor or a
     batch without tensors). Host-side metadata only: no device synchronisation."""
+    if type(batch) is tuple and batch and type(batch[0]) is Tensor:  # the common (inputs, targets), no ABC check
+        first = batch[0]
+        return first.shape[0] if first.ndim else 1
     values = batch.values() if isinstance(batch, Mapping) else batch
     for value in values:
         if isinstance(value, Tensor):

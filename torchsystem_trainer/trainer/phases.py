@@ -57,7 +57,8 @@ def train_phase(
     if progress.batch == 0:
         results.reset()
     fit, owner = aggregate.fit, f"{type(aggregate).__name__}.fit"  # type: ignore[union-attr]
-    to_device, context = strategy.batch_to_device, strategy.train_step_context
+    to_device = strategy.batch_to_device
+    context = strategy.train_step_context if strategy.needs_step_context() else None
     accumulate, max_steps = trainer.accumulate_grad_batches, trainer.max_steps
     listeners = bus.handlers(BatchTrained)
     wants_targets = results.metrics is not None or bool(listeners)
@@ -74,8 +75,11 @@ def train_phase(
             position = index % accumulate
             strategy.window_start = position == 0
             strategy.accumulating = position != accumulate - 1 and index + 1 != total
-        with context():
+        if context is None:
             predictions, loss = call_step(fit, batch, owner)
+        else:
+            with context():
+                predictions, loss = call_step(fit, batch, owner)
         targets = batch_targets(batch) if wants_targets else None
         results.update(loss, batch_size(batch), predictions, targets)
         progress.batch = index + 1

@@ -5,11 +5,13 @@ Both stay on the device for the whole phase; the host reads them once, when the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric, MetricCollection
+
+if TYPE_CHECKING:  # torchmetrics imports scipy and PIL (over a second); loaded only when metrics are given
+    from torchmetrics import Metric, MetricCollection
 
 __all__ = ["PhaseResults", "build_metrics"]
 
@@ -31,6 +33,8 @@ def build_metrics(metrics: Any) -> MetricCollection | None:
     """
     if metrics is None:
         return None
+    from torchmetrics import Metric, MetricCollection
+
     if isinstance(metrics, MetricCollection):
         collection = metrics
     elif isinstance(metrics, Metric):
@@ -201,6 +205,8 @@ class PhaseResults:
 
 def _metrics_in(collection: MetricCollection) -> dict[str, Metric]:
     """Every ``Metric`` of the collection by module name, wrapped child metrics included."""
+    from torchmetrics import Metric  # a collection exists, so torchmetrics is imported already
+
     return {name: module for name, module in collection.named_modules() if isinstance(module, Metric) and name}
 
 

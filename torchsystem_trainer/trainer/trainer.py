@@ -283,13 +283,6 @@ class Trainer:
 
     def _start(self, aggregate: Any) -> None:
         """What every entry point does first, in every process: set up the strategy and the event bus."""
-        self.strategy.configure(
-            accumulate_grad_batches=self.accumulate_grad_batches,
-            gradient_clip_val=self.gradient_clip_val,
-            gradient_clip_algorithm=self.gradient_clip_algorithm,  # type: ignore[arg-type]
-            on_gradients=self._on_gradients,
-        )
-        self.strategy.setup(aggregate)
         zero = self.strategy.is_global_zero
         kept = [
             (callback, table)
@@ -297,6 +290,13 @@ class Trainer:
             if zero or not getattr(callback, "rank_zero_only", False)
         ]
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
+        self.strategy.configure(
+            accumulate_grad_batches=self.accumulate_grad_batches,
+            gradient_clip_val=self.gradient_clip_val,
+            gradient_clip_algorithm=self.gradient_clip_algorithm,  # type: ignore[arg-type]
+            on_gradients=self._on_gradients if self._bus.handlers(GradientsComputed) else None,
+        )
+        self.strategy.setup(aggregate)
         self._aggregate = aggregate
         self._phase_results = {}
 
