@@ -21,11 +21,20 @@ $(VENV)/.examples: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e ".[examples]"
 	touch $@
 
+$(VENV)/.bench: $(VENV)/.torch pyproject.toml
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
 test: $(VENV)/.test
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.examples
 	$(PY) -m examples.mnist
+
+# Side-by-side timings (raw loop, Trainer, Trainer + standard callbacks, Lightning) and import time; see
+# benchmarks/README.md. BENCH_ARGS=--quick for a smoke run.
+bench: $(VENV)/.bench
+	$(PY) -m benchmarks.compare $(BENCH_ARGS)
 
 lint: $(VENV)/.test
 	$(PY) -m mypy torchsystem_trainer

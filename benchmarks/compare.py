@@ -1,0 +1,347 @@
+"""Side by side: the raw PyTorch loop, the Trainer (bare and with the standard callbacks) and Lightning.
+
+One invocation runs every (workload, variant) pair ``--rounds`` times, each run in a fresh process
+(:mod:`benchmarks.variants`), interleaved: round 1 runs every variant once, then round 2, with the variants'
+order rotated each round so that no variant always runs first or after the same neighbour. It then reports, per
+workload, the median fit time (wall clock, and the process's CPU time), the ratio of each variant's median to
+its baseline's and the median of the per-round ratios, the per-step overhead in microseconds
+(``(median - baseline median) / steps``), the peak RSS, and the budget verdicts of the issue:
+
+* ``trainer / raw <= 1.02`` on the MLP and the CNN;
+* ``trainer-std / raw-full <= 1.05`` (the standard set against a hand-written loop doing the same work:
+  validation, metric, TensorBoard scalars, a checkpoint per epoch);
+* ``lightning / trainer >= 1.25`` on the MLP;
+* the bare Trainer's final weights bit-identical (``torch.equal``) to the raw loop's;
+* ``import torchsystem_trainer`` at most 0.15 s over ``import torch`` (:mod:`benchmarks.import_time`).
+
+Usage (from the repository root)::
+
+    python -m benchmarks.compare                      # everything, 5 rounds (about 15 minutes on 2 cores)
+    python -m benchmarks.compare --quick --rounds 2   # a smoke run: fewer samples, numbers not meaningful
+    python -m benchmarks.compare --workloads mlp --variants raw,trainer --candidate /tmp/patched-tree
+
+``--candidate DIR`` adds ``trainer@cand`` and ``trainer-std@cand`` (``--candidate-name`` renames the suffix):
+the same variants, importing ``torchsystem_trainer`` from the source tree in ``DIR`` instead, so a change to the
+loop is measured before and after in one interleaved run. ``--threads`` defaults to 1: on a small shared machine, torch's default of one
+thread per core makes the OpenMP workers spin against whatever else runs, and the timings scatter by 10x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks import import_time
+from benchmarks.variants import MARKER, VARIANTS
+from benchmarks.workloads import WORKLOADS, mnist_dir
+
+__all__ = ["BASELINES", "main"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BASELINES = {
+    "trainer": "raw",
+    "trainer-std": "raw-full",
+    "lightning": "raw",
+    "lightning-full": "raw-full",
+}
+PARITY = {"trainer": "raw", "trainer-std": "raw-full", "lightning": "raw", "lightning-full": "raw-full"}
+BUDGET_BARE, BUDGET_STD, BUDGET_LIGHTNING = 1.02, 1.05, 1.25
+
+
+def _base(label: str) -> str:
+    return label.split("@", 1)[0]
+
+
+def _lightning_installed() -> bool:
+    return any(importlib.util.find_spec(name) is not None for name in ("lightning", "pytorch_lightning"))
+
+
+def _run_child(label: str, workload: str, args: argparse.Namespace, weights_out: Path | None) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.variants", "--workload", workload, "--variant", _base(label)]
+    command += ["--loader", args.loader, "--device", args.device, "--threads", str(args.threads)]
+    if args.quick:
+        command.append("--quick")
+    if args.data_dir is not None:
+        command += ["--data-dir", str(args.data_dir)]
+    if "@" in label:
+        command += ["--trainer-path", str(args.candidate)]
+    if weights_out is not None:
+        command += ["--weights-out", str(weights_out)]
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    for line in reversed(completed.stdout.splitlines()):
+        if line.startswith(MARKER):
+            return json.loads(line[len(MARKER) :])  # type: ignore[no-any-return]
+    raise RuntimeError(
+        f"{workload}/{label} failed (exit {completed.returncode}):\n{completed.stdout[-2000:]}\n{completed.stderr[-4000:]}"
+    )
+
+
+def _parity(weights: dict[tuple[str, str], Path], workload: str, labels: list[str]) -> list[tuple[str, str, bool, float]]:
+    import torch
+
+    rows = []
+    for label in labels:
+        reference = PARITY.get(_base(label))
+        if reference is None or (workload, reference) not in weights or (workload, label) not in weights:
+            continue
+        a = torch.load(weights[(workload, reference)], weights_only=True)
+        b = torch.load(weights[(workload, label)], weights_only=True)
+        equal = a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+        diff = max(float((a[key] - b[key]).abs().max()) for key in a) if a.keys() == b.keys() else float("nan")
+        rows.append((label, reference, equal, diff))
+    return rows
+
+
+def _summarise(samples: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Per label: medians, per-round values, and the ratios to its baseline (``None`` for a baseline)."""
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for sample in samples:
+        by_label[sample["label"]].append(sample)
+    summary: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        runs = sorted(by_label[label], key=lambda s: s["round"])
+        if not runs:
+            continue
+        summary[label] = {
+            "wall": statistics.median(s["fit_s"] for s in runs),
+            "cpu": statistics.median(s["cpu_s"] for s in runs),
+            "cpu_min": min(s["cpu_s"] for s in runs),
+            "walls": [s["fit_s"] for s in runs],
+            "cpus": [s["cpu_s"] for s in runs],
+            "rounds": [s["round"] for s in runs],
+            "steps": runs[0]["steps"],
+            "epochs": runs[0].get("epochs"),
+            "peak_rss_mib": statistics.median(s["peak_rss_kib"] for s in runs) / 1024,
+            "rss_before_mib": statistics.median(s["rss_before_fit_kib"] for s in runs) / 1024,
+            "data": runs[0]["data"],
+            "package": runs[0]["package"],
+        }
+    for label, info in summary.items():
+        base = BASELINES.get(_base(label))
+        if base is None or base not in summary:
+            continue
+        reference = summary[base]
+        walls = dict(zip(reference["rounds"], reference["walls"]))
+        paired = [wall / walls[r] for r, wall in zip(info["rounds"], info["walls"]) if r in walls]
+        info["baseline"] = base
+        info["ratio"] = info["wall"] / reference["wall"]
+        info["ratio_cpu"] = info["cpu"] / reference["cpu"]
+        info["ratio_min"] = info["cpu_min"] / reference["cpu_min"]
+        info["paired"] = statistics.median(paired) if paired else float("nan")
+        info["overhead_us"] = (info["wall"] - reference["wall"]) / info["steps"] * 1e6
+        info["overhead_cpu_us"] = (info["cpu"] - reference["cpu"]) / info["steps"] * 1e6
+    return summary
+
+
+def _table(workload: str, summary: dict[str, dict[str, Any]]) -> list[str]:
+    first = next(iter(summary.values()))
+    spec = WORKLOADS[workload]
+    lines = [
+        f"\n== {workload}: {first['steps']} steps ({first['epochs']} epoch(s), batch {spec.batch_size}), data: {first['data']}",
+        f"{'variant':<18}{'wall s':>9}{'cpu s':>9}{'baseline':>10}{'ratio':>8}{'paired':>8}{'cpu ratio':>10}{'cpu min':>9}"
+        f"{'us/step':>9}{'cpu us/step':>12}{'RSS MiB before':>15}{'peak':>6}{'vs raw':>8}",
+    ]
+    raw_rss = summary.get("raw", {}).get("peak_rss_mib")
+    for label, info in summary.items():
+        ratio = info.get("ratio")
+        if ratio is not None and "ratio_min" not in info:  # a report written before the column existed
+            info["ratio_min"] = float("nan")
+        cells = (
+            f"{info['baseline']:>10}{ratio:>8.3f}{info['paired']:>8.3f}{info['ratio_cpu']:>10.3f}{info['ratio_min']:>9.3f}"
+            f"{info['overhead_us']:>+9.1f}{info['overhead_cpu_us']:>+12.1f}"
+            if ratio is not None
+            else f"{'-':>10}{'-':>8}{'-':>8}{'-':>10}{'-':>9}{'-':>9}{'-':>12}"
+        )
+        rss_delta = f"{info['peak_rss_mib'] - raw_rss:>+8.0f}" if raw_rss is not None else f"{'-':>8}"
+        lines.append(
+            f"{label:<18}{info['wall']:>9.3f}{info['cpu']:>9.3f}{cells}{info['rss_before_mib']:>15.0f}"
+            f"{info['peak_rss_mib']:>6.0f}{rss_delta}"
+        )
+    return lines
+
+
+def _verdicts(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The issue's budget, judged on the wall-clock ratio of medians; the CPU-time ratio is shown beside it."""
+    lines = ["\n== budget (issue 6): ratio of wall-clock medians [CPU-time ratio]; the verdict is on the wall clock"]
+
+    def verdict(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
+    def line(workload: str, text: str, wall: float, cpu: float, bound: str, ok: bool | None) -> str:
+        judged = f"({bound})  {verdict(ok)}" if ok is not None else "(for information)"
+        return f"  {workload:<5} {text} = {wall:.3f} [cpu {cpu:.3f}]  {judged}"
+
+    for workload, summary in summaries.items():
+        for label in [label for label in summary if _base(label) == "trainer" and "ratio" in summary[label]]:
+            info = summary[label]
+            bare = workload in ("mlp", "cnn")
+            ok = info["ratio"] <= BUDGET_BARE if bare else None
+            lines.append(line(workload, f"{label} / raw", info["ratio"], info["ratio_cpu"], f"<= {BUDGET_BARE}", ok))
+        for label in [label for label in summary if _base(label) == "trainer-std" and "ratio" in summary[label]]:
+            info = summary[label]
+            ok = info["ratio"] <= BUDGET_STD
+            lines.append(line(workload, f"{label} / raw-full", info["ratio"], info["ratio_cpu"], f"<= {BUDGET_STD}", ok))
+        for ours, theirs in (("trainer", "lightning"), ("trainer-std", "lightning-full")):
+            for label in [label for label in summary if _base(label) == ours]:
+                if theirs in summary:
+                    wall = summary[theirs]["wall"] / summary[label]["wall"]
+                    cpu = summary[theirs]["cpu"] / summary[label]["cpu"]
+                    judged = workload == "mlp" and ours == "trainer"
+                    ok = wall >= BUDGET_LIGHTNING if judged else None
+                    lines.append(line(workload, f"{theirs} / {label}", wall, cpu, f">= {BUDGET_LIGHTNING}", ok))
+    return lines
+
+
+def _machine(args: argparse.Namespace) -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    lightning = "not installed"
+    for name in ("lightning", "pytorch_lightning"):
+        if importlib.util.find_spec(name) is not None:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                lightning = f"{name} {version(name)}"
+            except PackageNotFoundError:
+                lightning = name
+            break
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"{lightning}; threads per run: {args.threads or 'torch default'}; device {args.device}; "
+        f"loader: {args.loader}; load average at start: {os.getloadavg()[0]:.2f}"
+    )
+
+
+def _render(
+    samples: list[dict[str, Any]], workloads: list[str], labels: list[str], parity: dict[str, list[Any]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Print the tables, the parity lines and the verdicts; returns the summaries."""
+    summaries = {workload: _summarise([s for s in samples if s["workload"] == workload], labels) for workload in workloads}
+    for workload in workloads:
+        for line in _table(workload, summaries[workload]):
+            print(line)
+        for label, reference, equal, diff in parity.get(workload, []):
+            print(f"  parity {label} vs {reference}: torch.equal on every tensor = {equal}  (max |diff| {diff:.3g})")
+    for line in _verdicts(summaries):
+        print(line)
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: see the module docstring and ``--help``."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("--workloads", default="mlp,cnn,lstm", help="comma-separated: mlp, cnn, lstm")
+    parser.add_argument("--variants", default=None, help=f"comma-separated, default all of: {', '.join(VARIANTS)}")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer samples / epochs: a smoke run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--loader", default="tensors", choices=["tensors", "dataloader"])
+    parser.add_argument("--data-dir", type=Path, default=None, help="the MNIST IDX folder")
+    parser.add_argument("--candidate", type=Path, default=None, help="a source tree to measure as trainer@cand")
+    parser.add_argument("--candidate-name", default="cand", help="the label suffix of the candidate's variants")
+    parser.add_argument("--import-runs", type=int, default=7, help="fresh processes per import measurement (0: skip)")
+    parser.add_argument("--json", type=Path, default=None, help="write every sample and the summary here")
+    parser.add_argument("--report", type=Path, default=None, help="print the report of a --json file; run nothing")
+    args = parser.parse_args(argv)
+    if args.report is not None:
+        saved = json.loads(args.report.read_text())
+        labels = list(dict.fromkeys(sample["label"] for sample in saved["samples"]))
+        workloads = list(dict.fromkeys(sample["workload"] for sample in saved["samples"]))
+        print(f"machine: {saved['machine']}\ncommand: {' '.join(saved['argv'])}")
+        _render(saved["samples"], workloads, labels, saved["parity"])
+        for name, report in (saved.get("imports") or {}).items():
+            print(f"\nimports ({name}):")
+            print(import_time.format_report(report))
+        return
+
+    workloads = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    for name in workloads:
+        if name not in WORKLOADS:
+            parser.error(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    if args.variants is None:
+        labels = [v for v in VARIANTS if _lightning_installed() or not v.startswith("lightning")]
+    else:
+        labels = [name.strip() for name in args.variants.split(",") if name.strip()]
+        for label in labels:
+            if _base(label) not in VARIANTS:
+                parser.error(f"unknown variant {label!r}; known: {', '.join(VARIANTS)}")
+    if args.candidate is not None:
+        labels += [f"{label}@{args.candidate_name}" for label in labels if label in ("trainer", "trainer-std")]
+
+    machine = _machine(args)
+    print(f"machine: {machine}")
+    print(f"MNIST: {mnist_dir(args.data_dir) or 'not found, random data of the same shape'}")
+    print(f"plan: {args.rounds} rounds x {len(workloads)} workloads x {len(labels)} variants, one process each")
+    samples: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-weights-") as folder:
+        weights: dict[tuple[str, str], Path] = {}
+        for round_index in range(args.rounds):
+            for workload in workloads:
+                shift = round_index % len(labels)
+                for label in labels[shift:] + labels[:shift]:
+                    out = None
+                    if round_index == 0:
+                        out = weights[(workload, label)] = Path(folder) / f"{workload}-{label}.pt"
+                    result = _run_child(label, workload, args, out)
+                    result.update(label=label, round=round_index)
+                    samples.append(result)
+                    print(
+                        f"  round {round_index + 1}/{args.rounds} {workload:<5} {label:<20} {result['fit_s']:8.3f} s"
+                        f"  (cpu {result['cpu_s']:.3f} s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        parity = {workload: _parity(weights, workload, labels) for workload in workloads}
+
+    summaries = _render(samples, workloads, labels, parity)
+    imports: dict[str, Any] = {}
+    if args.import_runs:
+        trees = {"": None} if args.candidate is None else {"": None, "@" + args.candidate_name: args.candidate}
+        for suffix, tree in trees.items():
+            imports[suffix or "repository"] = report = import_time.measure(args.import_runs, tree, lightning=not suffix)
+            print(f"\n{'candidate tree ' + str(tree) if tree else 'this tree'}:")
+            print(import_time.format_report(report))
+    print(f"\ntotal benchmark time: {time.perf_counter() - started:.0f} s")
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "argv": sys.argv,
+                    "machine": machine,
+                    "samples": samples,
+                    "summaries": summaries,
+                    "parity": parity,
+                    "imports": imports,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
