@@ -26,6 +26,7 @@ restarts the epoch; Accelerate needs batches skipped by hand (#2016).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -57,6 +58,7 @@ VERSION = 1
 _SECTIONS = ("aggregate", "loop", "callbacks", "strategy", "rng")
 
 
+@functools.cache  # read once per process, not at every save (it scans the installed distributions)
 def _library_version() -> str:
     try:
         return metadata.version("torchsystem-trainer")
