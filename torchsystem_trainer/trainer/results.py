@@ -66,7 +66,7 @@ class PhaseResults:
         self.device = torch.device(device)
         self.losses: list[Tensor] = []
         self.sizes: list[int] = []
-        self.total: Tensor | None = None  # [] float64 or float32, the folded sum of loss * batch size
+        self.total: Tensor | None = None  # [] float32, the folded sum of loss * batch size
         self.count = 0  # samples seen
 
     def update(self, loss: Tensor, size: int, predictions: Any, targets: Any) -> None:
