@@ -71,6 +71,18 @@ def test_random_states_round_trip_through_a_file(tmp_path):
     assert _draws() == expected
 
 
+def test_python_random_state_is_one_tensor_and_the_older_list_form_still_loads():
+    random.seed(4)
+    state = rng_state()
+    version, words, gauss = state["python"]
+    assert words.dtype == torch.int64 and words.shape == (625,)
+    expected = random.random()
+    random.seed(9)
+    state["python"] = [version, words.tolist(), gauss]  # how checkpoints before this form held it
+    load_rng_state(state)
+    assert random.random() == expected
+
+
 def test_loader_generators_are_found_once_each_and_restored():
     dataset = TensorDataset(torch.arange(10.0))
     shared = torch.Generator().manual_seed(1)

@@ -9,6 +9,7 @@ dropout masks and another data order.
 
 from __future__ import annotations
 
+import array
 import random
 import warnings
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 __all__ = ["RNGState", "generators_of", "generator_states", "load_generator_states", "load_rng_state", "rng_state"]
 
 RNGState = dict[str, Any]
-"""``{"python": [version, [625 ints], gauss], "torch": uint8 tensor, "cuda": [uint8 tensor per device], "mps":
+"""``{"python": [version, int64 tensor [625], gauss], "torch": uint8 tensor, "cuda": [uint8 tensor per device], "mps":
 uint8 tensor (when MPS is available), "numpy": [kind, int64 tensor [624], pos, has_gauss, cached]}``."""
 
 
@@ -33,7 +34,9 @@ def rng_state() -> RNGState:
     """
     version, internal, gauss = random.getstate()
     state: RNGState = {
-        "python": [version, list(internal), gauss],
+        # A tensor, not 625 ints: pickled as one storage, it keeps the per-epoch checkpoint and the walk that
+        # checks it from visiting every word of the Mersenne Twister's state.
+        "python": [version, torch.frombuffer(array.array("q", internal), dtype=torch.int64), gauss],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
@@ -68,7 +71,8 @@ def load_rng_state(state: RNGState) -> None:
         KeyError: when ``"python"`` or ``"torch"`` is missing.
     """
     version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
+    words = internal.tolist() if isinstance(internal, torch.Tensor) else internal  # a list in older checkpoints
+    random.setstate((version, tuple(words), gauss))
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available():

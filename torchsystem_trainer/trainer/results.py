@@ -63,6 +63,7 @@ class PhaseResults:
 
     def __init__(self, metrics: MetricCollection | None, device: torch.device | str = "cpu") -> None:
         self.metrics = metrics
+        self._update_metrics = None if metrics is None else _updater(metrics)
         self.device = torch.device(device)
         self.losses: list[Tensor] = []
         self.sizes: list[int] = []
@@ -80,12 +81,12 @@ class PhaseResults:
         self.count += size
         if len(self.losses) >= _FOLD:
             self._fold()
-        if self.metrics is not None:
+        if self._update_metrics is not None:
             if targets is None:
                 raise ValueError(
                     "metrics need targets: make batches (inputs, targets) tuples, or dicts with a 'targets' key"
                 )
-            self.metrics.update(predictions, targets)
+            self._update_metrics(predictions, targets)
 
     def _fold(self) -> None:
         losses = torch.stack(self.losses).float()
@@ -201,6 +202,14 @@ class PhaseResults:
         self.count = 0
         if self.metrics is not None:
             self.metrics.reset()
+
+
+def _updater(collection: MetricCollection) -> Any:
+    """The per-batch update of ``collection``: its only metric's own ``update`` when it holds one (the same
+    result without the collection's per-call keyword filtering and compute-group bookkeeping, about 20 us a
+    batch on a CPU), else the collection's."""
+    members = list(collection.values(copy_state=False))
+    return members[0].update if len(members) == 1 else collection.update
 
 
 def _metrics_in(collection: MetricCollection) -> dict[str, Metric]:
