@@ -29,7 +29,8 @@ Variants (all train the same network from the same seed on the same batches, in 
 
 The timed region starts just before the trainer is built (or the raw loop begins) and ends when ``fit``
 returns: imports (TensorBoard's too), data loading and building the network are outside it, in every variant.
-Peak RSS is the process's peak resident set during the fit: the kernel's mark is reset just before the timed
+Each process fits twice from the same seed (``--no-warmup``: once) and reports both: the first fit as ``cold``,
+the second as the measurement (see :func:`run`). Peak RSS is the process's peak resident set during the fit: the kernel's mark is reset just before the timed
 region (Linux ``/proc/self/clear_refs``) and read (``VmHWM``) after it, so data loading does not set it; where
 the reset is not allowed, it is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the whole run.
 """
@@ -111,7 +112,10 @@ def _raw(workload: Workload, data: Data, device: torch.device, tmp: Path) -> tup
         net.train()
         for _ in range(workload.epochs):
             for inputs, targets in data.train:
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                inputs, targets = (
+                    inputs.to(device, non_blocking=True),
+                    targets.to(device, non_blocking=True),
+                )
                 optimizer.zero_grad()
                 loss = criterion(net(inputs), targets)
                 loss.backward()
@@ -143,7 +147,10 @@ def _raw_full(workload: Workload, data: Data, device: torch.device, tmp: Path) -
     net = workload.network().to(device)
     criterion = workload.criterion()
     optimizer = workload.optimizer(net.parameters())
-    train_metric, val_metric = workload.metric().to(device), workload.metric().to(device)
+    train_metric, val_metric = (
+        workload.metric().to(device),
+        workload.metric().to(device),
+    )
     name = workload.metric_name
     patience = workload.epochs + 1  # never stops: every variant runs every epoch
 
@@ -161,7 +168,10 @@ def _raw_full(workload: Workload, data: Data, device: torch.device, tmp: Path) -
             losses: list[torch.Tensor] = []
             sizes: list[int] = []
             for inputs, targets in data.train:
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                inputs, targets = (
+                    inputs.to(device, non_blocking=True),
+                    targets.to(device, non_blocking=True),
+                )
                 optimizer.zero_grad()
                 outputs = net(inputs)
                 loss = criterion(outputs, targets)
@@ -173,18 +183,29 @@ def _raw_full(workload: Workload, data: Data, device: torch.device, tmp: Path) -
                 step += 1
                 if step % LOG_EVERY_N_STEPS == 0:
                     writer.add_scalar("train/loss_step", float(loss.detach()), step)
-            results = {"train/loss": mean_loss(losses, sizes), f"train/{name}": float(train_metric.compute())}
+            results = {
+                "train/loss": mean_loss(losses, sizes),
+                f"train/{name}": float(train_metric.compute()),
+            }
             net.eval()
             val_metric.reset()
             losses, sizes = [], []
             with torch.inference_mode():
                 for inputs, targets in data.validation:
-                    inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                    inputs, targets = (
+                        inputs.to(device, non_blocking=True),
+                        targets.to(device, non_blocking=True),
+                    )
                     outputs = net(inputs)
                     losses.append(criterion(outputs, targets))
                     sizes.append(inputs.shape[0])
                     val_metric.update(outputs, targets)
-            results.update({"validation/loss": mean_loss(losses, sizes), f"validation/{name}": float(val_metric.compute())})
+            results.update(
+                {
+                    "validation/loss": mean_loss(losses, sizes),
+                    f"validation/{name}": float(val_metric.compute()),
+                }
+            )
             for key, value in results.items():
                 writer.add_scalar(key, value, step)
             writer.add_scalar("epoch", epoch, step)
@@ -243,7 +264,9 @@ def _trainer(workload: Workload, data: Data, device: torch.device, tmp: Path) ->
     return model.nn, fit
 
 
-def _trainer_std(workload: Workload, data: Data, device: torch.device, tmp: Path) -> tuple[nn.Module, Callable[[], None]]:
+def _trainer_std(
+    workload: Workload, data: Data, device: torch.device, tmp: Path
+) -> tuple[nn.Module, Callable[[], None]]:
     import torch.utils.tensorboard  # noqa: F401  # imported outside the timed region, as for raw-full
 
     from torchsystem_trainer import Trainer
@@ -293,7 +316,10 @@ def _lightning_model(pl: Any, workload: Workload, full: bool) -> Any:
             self.net = workload.network()
             self.criterion = workload.criterion()
             if full:
-                self.train_metric, self.val_metric = workload.metric(), workload.metric()
+                self.train_metric, self.val_metric = (
+                    workload.metric(),
+                    workload.metric(),
+                )
 
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:
             return self.net(inputs)  # type: ignore[no-any-return]
@@ -305,15 +331,30 @@ def _lightning_model(pl: Any, workload: Workload, full: bool) -> Any:
             if full:
                 self.train_metric.update(outputs, targets)
                 self.log("train_loss", loss, on_step=True, on_epoch=True)
-                self.log(f"train_{workload.metric_name}", self.train_metric, on_step=False, on_epoch=True)
+                self.log(
+                    f"train_{workload.metric_name}",
+                    self.train_metric,
+                    on_step=False,
+                    on_epoch=True,
+                )
             return loss  # type: ignore[no-any-return]
 
         def validation_step(self, batch: Any, batch_idx: int) -> None:
             inputs, targets = batch
             outputs = self.net(inputs)
             self.val_metric.update(outputs, targets)
-            self.log("val_loss", self.criterion(outputs, targets), on_step=False, on_epoch=True)
-            self.log(f"val_{workload.metric_name}", self.val_metric, on_step=False, on_epoch=True)
+            self.log(
+                "val_loss",
+                self.criterion(outputs, targets),
+                on_step=False,
+                on_epoch=True,
+            )
+            self.log(
+                f"val_{workload.metric_name}",
+                self.val_metric,
+                on_step=False,
+                on_epoch=True,
+            )
 
         def configure_optimizers(self) -> Any:
             return workload.optimizer(self.net.parameters())
@@ -335,16 +376,16 @@ def _lightning(
     accelerator = "gpu" if device.type == "cuda" else device.type
 
     def fit() -> None:
-        common: dict[str, Any] = dict(
-            max_epochs=workload.epochs,
-            accelerator=accelerator,
-            devices=1,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            use_distributed_sampler=False,
-            benchmark=False,
-        )
+        common: dict[str, Any] = {
+            "max_epochs": workload.epochs,
+            "accelerator": accelerator,
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "use_distributed_sampler": False,
+            "benchmark": False,
+        }
         if full:
             trainer = pl.Trainer(
                 callbacks=[
@@ -364,7 +405,9 @@ def _lightning(
     return module.net, fit
 
 
-def _lightning_full(workload: Workload, data: Data, device: torch.device, tmp: Path) -> tuple[nn.Module, Callable[[], None]]:
+def _lightning_full(
+    workload: Workload, data: Data, device: torch.device, tmp: Path
+) -> tuple[nn.Module, Callable[[], None]]:
     return _lightning(workload, data, device, tmp, full=True)
 
 
@@ -387,8 +430,15 @@ def run(
     device: str = "cpu",
     data_dir: Path | None = None,
     weights_out: Path | None = None,
+    warmup: bool = True,
 ) -> dict[str, Any]:
     """Run one variant on one workload in this process and measure it.
+
+    With ``warmup`` (the default) the variant is built and fitted twice, each time from the same seed: the first
+    fit (``cold_*``) pays what only a process's first fit pays (the allocator growing, the CPU kernels' first
+    calls, lazy imports, page faults: 5-25 % of a short fit, and the noisiest part of it), the second (``fit_s``,
+    ``cpu_s``, the peak RSS, the weights) measures the loop itself. Lightning's parity benchmark
+    (``tests/parity_pytorch``) drops its first run for the same reason.
 
     Args:
         workload_name: a key of :data:`benchmarks.workloads.WORKLOADS`.
@@ -400,7 +450,8 @@ def run(
         weights_out: save the trained network's ``state_dict`` (on the CPU) here.
 
     Returns:
-        ``fit_s`` (seconds, wall clock), ``cpu_s`` (seconds of this process's CPU time), ``steps``,
+        ``fit_s`` (seconds, wall clock), ``cpu_s`` (seconds of this process's CPU time), ``cold_fit_s`` and
+        ``cold_cpu_s`` (the same for the first fit; equal to them without ``warmup``), ``steps``,
         ``peak_rss_kib`` (during the fit, see the module docstring), ``rss_before_fit_kib``, and where the
         measured package came from.
 
@@ -411,6 +462,17 @@ def run(
         raise KeyError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     workload, data = load(workload_name, quick, loader, data_dir)  # type: ignore[arg-type]
     target = torch.device(device)
+    cold: tuple[float, float] | None = None
+    if warmup:  # the same build and fit, timed alike, its files and network thrown away
+        with tempfile.TemporaryDirectory(prefix=f"bench-{workload_name}-{variant}-warmup-") as folder:
+            _, fit = VARIANTS[variant](workload, data, target, Path(folder))
+            gc.collect()
+            _sync(target)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            fit()
+            _sync(target)
+            cold = time.perf_counter() - wall0, time.process_time() - cpu0
+            del fit
     with tempfile.TemporaryDirectory(prefix=f"bench-{workload_name}-{variant}-") as folder:
         net, fit = VARIANTS[variant](workload, data, target, Path(folder))
         gc.collect()
@@ -424,13 +486,19 @@ def run(
         peak = _peak_rss_kib()
         lifetime_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if weights_out is not None:
-        torch.save({key: value.detach().cpu() for key, value in net.state_dict().items()}, weights_out)
+        torch.save(
+            {key: value.detach().cpu() for key, value in net.state_dict().items()},
+            weights_out,
+        )
     package = sys.modules.get("torchsystem_trainer")
     return {
         "workload": workload_name,
         "variant": variant,
         "fit_s": wall,
         "cpu_s": cpu,
+        "cold_fit_s": wall if cold is None else cold[0],
+        "cold_cpu_s": cpu if cold is None else cold[1],
+        "warmup": warmup,
         "steps": workload.steps(data),
         "epochs": workload.epochs,
         "batches_per_epoch": len(data.train),
@@ -454,10 +522,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--loader", default="tensors", choices=["tensors", "dataloader"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads (0: torch's default)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--trainer-path", type=Path, default=None, help="import torchsystem_trainer from this folder")
+    parser.add_argument(
+        "--trainer-path",
+        type=Path,
+        default=None,
+        help="import torchsystem_trainer from this folder",
+    )
     parser.add_argument("--weights-out", type=Path, default=None)
+    parser.add_argument("--no-warmup", action="store_true", help="time the process's first fit only")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -472,6 +551,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         data_dir=args.data_dir,
         weights_out=args.weights_out,
+        warmup=not args.no_warmup,
     )
     print(MARKER + json.dumps(result), flush=True)
 
