@@ -54,6 +54,36 @@ ending            cause                                           events at the 
 
 When a limit or a stop request arrives in the middle of the training phase, the epoch's validation phase is
 skipped (as in Lightning), so ``Iterated.results`` then holds only the ``train/...`` keys.
+
+``Trainer.validate``, ``test`` and ``predict`` run outside a fit and are bracketed by their own pair of events,
+:class:`StageStarted` and :class:`StageEnded`, whose ``stage`` is ``"validate"``, ``"test"`` or ``"predict"``
+(Lightning's word for what a Trainer method runs, its ``TrainerFn``). They fire no ``FitStarted``/``FitEnded``,
+and a fit fires no stage events (its validation phases are ``PhaseStarted("validation")`` ... ``Validated``)::
+
+    StageStarted(stage)
+    PhaseStarted(phase)                              # "validation", "test" or "predict"
+    BatchValidated | BatchTested | BatchPredicted    # one per batch
+    Validated | Tested | Predicted
+    StageEnded(stage, reason)                        # always last
+
+Which events fire, for each way a stand-alone run ends (``StageEnded.reason``):
+
+================  ==============================================  =========================================
+ending            cause                                           events at the end, in order
+================  ==============================================  =========================================
+``completed``     the loader's batches ran (up to                 ... ``Validated``/``Tested``/
+                  ``limit_val_batches`` for ``validate``)         ``Predicted``, ``StageEnded``; the method
+                                                                  returns its results
+``interrupted``   ``KeyboardInterrupt`` raised in the run (Ctrl-  ``ExceptionRaised``, ``StageEnded``; then
+                  C: no signal handlers are installed outside     the ``KeyboardInterrupt`` propagates (a
+                  ``fit``)                                        stand-alone run has no results to return;
+                                                                  ``fit`` and Lightning return normally)
+``exception``     any other exception from the aggregate, a       ``ExceptionRaised``, ``StageEnded``; then the
+                  loader or a callback (``StageStarted``'s        exception propagates out of the method
+                  handlers included)
+================  ==============================================  =========================================
+
+A ``ckpt_path`` that cannot be loaded fails ``validate``/``test`` before ``StageStarted``: no event fires then.
 """
 
 from __future__ import annotations
@@ -81,14 +111,21 @@ __all__ = [
     "Metric",
     "PhaseStarted",
     "Predicted",
+    "StageEnded",
+    "StageStarted",
     "Tested",
     "Trained",
     "Validated",
     "EVENTS",
     "EndReason",
+    "Stage",
+    "StageEndReason",
 ]
 
 EndReason = Literal["completed", "max_steps", "max_time", "stopped", "interrupted", "exception"]
+Stage = Literal["validate", "test", "predict"]
+"""A run outside ``fit``: ``Trainer.validate``, ``test`` or ``predict`` (Lightning's ``TrainerFn`` less ``fit``)."""
+StageEndReason = Literal["completed", "interrupted", "exception"]
 
 
 class Metric(NamedTuple):
@@ -104,6 +141,17 @@ class FitStarted:
 
     trainer: Any
     aggregate: Aggregate
+
+
+@dataclass(frozen=True, slots=True)
+class StageStarted:
+    """``validate``, ``test`` or ``predict`` (``stage``) set up the strategy and the callbacks; no batch ran yet.
+    The first event of such a run, as Lightning's ``on_validation_start``/``on_test_start``/``on_predict_start``;
+    ``fit`` fires ``FitStarted`` instead."""
+
+    trainer: Any
+    aggregate: Aggregate
+    stage: Stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +274,9 @@ class Predicted:
 
 @dataclass(frozen=True, slots=True)
 class ExceptionRaised:
-    """``fit`` is ending because of ``exception`` (a ``KeyboardInterrupt`` included; a stop by ``SIGTERM`` or
-    ``SIGINT`` raises nothing and fires no ``ExceptionRaised``)."""
+    """``fit``, ``validate``, ``test`` or ``predict`` is ending because of ``exception`` (a ``KeyboardInterrupt``
+    included; a fit stopped by ``SIGTERM`` or ``SIGINT`` raises nothing and fires no ``ExceptionRaised``). Next
+    comes ``FitEnded`` or ``StageEnded``, as Lightning's ``on_exception`` precedes its teardown."""
 
     trainer: Any
     aggregate: Aggregate
@@ -236,15 +285,30 @@ class ExceptionRaised:
 
 @dataclass(frozen=True, slots=True)
 class FitEnded:
-    """``fit`` ended, for ``reason`` (see the module's table). The last event of every fit."""
+    """``fit`` ended, for ``reason`` (see the module's table). The last event of every fit; ``validate``,
+    ``test`` and ``predict`` end with ``StageEnded`` instead."""
 
     trainer: Any
     aggregate: Aggregate
     reason: EndReason
 
 
+@dataclass(frozen=True, slots=True)
+class StageEnded:
+    """``validate``, ``test`` or ``predict`` (``stage``) ended, for ``reason`` (see the module's second table):
+    ``"completed"``, ``"interrupted"`` (a ``KeyboardInterrupt``) or ``"exception"``. The last event of such a run,
+    whatever the reason, as Lightning's ``on_validation_end``/``on_test_end``/``on_predict_end`` (which, unlike
+    this, Lightning skips when the run raised); ``fit`` fires ``FitEnded`` instead."""
+
+    trainer: Any
+    aggregate: Aggregate
+    stage: Stage
+    reason: StageEndReason
+
+
 EVENTS: tuple[type, ...] = (
     FitStarted,
+    StageStarted,
     EpochStarted,
     PhaseStarted,
     GradientsComputed,
@@ -259,5 +323,6 @@ EVENTS: tuple[type, ...] = (
     Predicted,
     ExceptionRaised,
     FitEnded,
+    StageEnded,
 )
 """Every event the Trainer produces, in the order of the hook names a callback may define."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.nn import Module
@@ -27,6 +27,10 @@ from torchsystem_trainer.events import (
     FitStarted,
     GradientsComputed,
     Iterated,
+    Stage,
+    StageEnded,
+    StageEndReason,
+    StageStarted,
     Trained,
 )
 from torchsystem_trainer.services import Consumer
@@ -40,6 +44,9 @@ from torchsystem_trainer.trainer.results import PhaseResults, build_metrics
 from torchsystem_trainer.trainer.seeding import deterministic_algorithms, seed_everything
 
 __all__ = ["Trainer"]
+
+_R = TypeVar("_R")
+
 
 class Trainer:
     """Trains, validates, tests and predicts with an aggregate, producing events for its callbacks.
@@ -232,7 +239,16 @@ class Trainer:
     def validate(
         self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
     ) -> dict[str, float]:
-        """Run one validation phase (``PhaseStarted``, ``BatchValidated``..., ``Validated``).
+        """Run one validation phase outside a fit. Events, in order (Lightning's ``on_validation_start``, ...,
+        ``on_validation_end``)::
+
+            StageStarted("validate")
+            PhaseStarted("validation")
+            for batch in loader:                              # 'evaluation' phase, torch.inference_mode()
+                aggregate.evaluate(*batch)
+                BatchValidated(epoch, batch, step)
+            Validated(results)
+            StageEnded("validate", reason)                    # always last; see the events module's table
 
         Args:
             aggregate: the aggregate, with an ``evaluate`` method.
@@ -246,20 +262,27 @@ class Trainer:
         Raises:
             ValueError, TypeError: as for :meth:`fit`; ``ValueError`` also for ``"best"``/``"last"`` when there
                 is no such checkpoint.
-            FileNotFoundError, CheckpointError: for a checkpoint that is missing, unsafe or does not match.
+            FileNotFoundError, CheckpointError: for a checkpoint that is missing, unsafe or does not match, before
+                any event.
+            Exception: whatever the aggregate, a loader or a callback raises, after ``ExceptionRaised`` and
+                ``StageEnded("validate", "exception")``; a ``KeyboardInterrupt`` after ``ExceptionRaised`` and
+                ``StageEnded("validate", "interrupted")``.
         """
         return self._evaluate_only(aggregate, loaders, "validation", ckpt_path)
 
     def test(
         self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
     ) -> dict[str, float]:
-        """Run one test phase (``PhaseStarted``, ``BatchTested``..., ``Tested``); see :meth:`validate`.
+        """Run one test phase: ``StageStarted("test")``, ``PhaseStarted("test")``, ``BatchTested``...,
+        ``Tested``, ``StageEnded("test", reason)`` (Lightning's ``on_test_start``, ..., ``on_test_end``); see
+        :meth:`validate`.
 
         Returns:
             The results: ``{"loss": ..., <metric>: ...}``.
 
         Raises:
             ValueError, TypeError, FileNotFoundError, CheckpointError: as for :meth:`validate`.
+            Exception: as for :meth:`validate`, after ``ExceptionRaised`` and ``StageEnded("test", ...)``.
         """
         return self._evaluate_only(aggregate, loaders, "test", ckpt_path)
 
@@ -267,13 +290,18 @@ class Trainer:
         """Predict every batch of ``loader`` in the ``'evaluation'`` phase under ``torch.inference_mode()``.
 
         Each batch goes to ``aggregate.predict(batch)`` when the aggregate has a ``predict`` method, else to its
-        forward: a tensor batch as it is, a tuple or list batch's first element (the inputs).
+        forward: a tensor batch as it is, a tuple or list batch's first element (the inputs). Events:
+        ``StageStarted("predict")``, ``PhaseStarted("predict")``, ``BatchPredicted`` per batch, ``Predicted``,
+        ``StageEnded("predict", reason)`` (Lightning's ``on_predict_start``, ..., ``on_predict_end``).
 
         Returns:
-            One entry per batch, what ``predict``/forward returned (``BatchPredicted`` each, then ``Predicted``).
+            One entry per batch, what ``predict``/forward returned.
 
         Raises:
             TypeError: for a batch that is neither a tensor, a tuple nor a list, when there is no ``predict``.
+            Exception: whatever the aggregate, the loader or a callback raises, after ``ExceptionRaised`` and
+                ``StageEnded("predict", "exception")``; a ``KeyboardInterrupt`` after ``ExceptionRaised`` and
+                ``StageEnded("predict", "interrupted")``.
         """
         check.aggregate(aggregate, (), "predict")
         (_, loader), = normalize_loaders(loader, ("predict",), "predict")
@@ -433,18 +461,40 @@ class Trainer:
         return self.strategy.launch(self._run_evaluation, aggregate, loader, phase)  # a method: spawn pickles it
 
     def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
-        self._start(aggregate)
-        try:
-            loader_ = self.strategy.process_dataloader(loader, phase)
+        def run() -> dict[str, float]:
             limit = self.limit_val_batches if phase == "validation" else None
-            return evaluate_phase(self, aggregate, loader_, phase, limit)
-        finally:
-            self.strategy.teardown(aggregate)  # type: ignore[arg-type]
+            return evaluate_phase(self, aggregate, self.strategy.process_dataloader(loader, phase), phase, limit)
+
+        return self._run_stage(aggregate, "validate" if phase == "validation" else "test", run)
 
     def _predict(self, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
-        self._start(aggregate)
-        try:
+        def run() -> list[Any]:
             return predict_phase(self, aggregate, self.strategy.process_dataloader(loader, "predict"))
+
+        return self._run_stage(aggregate, "predict", run)
+
+    def _run_stage(self, aggregate: Any, stage: Stage, run: Callable[[], _R]) -> _R:
+        """Set up, then bracket ``run()`` with ``StageStarted`` ... ``StageEnded(reason)`` (``ExceptionRaised``
+        first when it raises, and the exception propagates); the strategy is torn down last, even when a
+        ``StageEnded`` handler raises."""
+        self._start(aggregate)
+        bus = self._bus
+        reason: StageEndReason = "exception"
+        try:
+            try:
+                bus.emit(StageStarted, self, aggregate, stage)
+                result = run()
+                reason = "completed"
+                return result
+            except KeyboardInterrupt as error:
+                reason = "interrupted"
+                bus.emit(ExceptionRaised, self, aggregate, error)
+                raise
+            except BaseException as error:
+                bus.emit(ExceptionRaised, self, aggregate, error)
+                raise
+            finally:
+                bus.emit(StageEnded, self, aggregate, stage, reason)
         finally:
             self.strategy.teardown(aggregate)
 
