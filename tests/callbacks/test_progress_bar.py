@@ -119,6 +119,28 @@ def test_a_bar_left_open_by_an_exception_is_closed_at_fit_end():
     assert counts(train) == [0, 1, 2, 2]
 
 
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_a_bar_left_open_by_a_raising_stand_alone_run_is_closed_at_stage_end(stage):
+    class RaisesOnSecondBatch(Classifier):
+        calls = 0
+
+        def forward(self, inputs):
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("boom")
+            return super().forward(inputs)
+
+    file = io.StringIO()
+    bar = ProgressBar(mininterval=0, file=file)
+    trainer = Trainer(callbacks=[bar], enable_progress_bar=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        getattr(trainer, stage)(RaisesOnSecondBatch(), make_data())
+    assert bar.bar is None
+    (drawn,) = draws(file.getvalue())
+    assert file.getvalue().endswith("\n")  # tqdm's close (leave=True) ends the bar's line
+    assert counts(drawn) == [0, 1, 1]  # opened, one batch, drawn once more as it closed
+
+
 def test_the_trainer_adds_one_when_asked(capsys):
     trainer = Trainer(max_epochs=1, enable_progress_bar=True)
     assert [type(c) for c in trainer.callbacks] == [ProgressBar]

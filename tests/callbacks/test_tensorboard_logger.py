@@ -214,6 +214,68 @@ def test_the_writer_is_closed_when_the_fit_raises(tmp_path):
     assert sorted(scalars(logger.log_dir)) == ["epoch", "train/loss"]
 
 
+class RaisesOnSecondBatch(Classifier):
+    def __init__(self, error: BaseException) -> None:
+        torch.manual_seed(0)
+        super().__init__()
+        self.error, self.calls = error, 0
+
+    def forward(self, inputs):
+        self.calls += 1
+        if self.calls == 2:
+            raise self.error
+        return super().forward(inputs)
+
+
+class WriterSeen(Recorder):
+    """Records whether the logger's writer was open at ``Tested``."""
+
+    def __init__(self, logger: TensorBoardLogger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.open_at_tested: list[bool] = []
+
+    def on_tested(self, event) -> None:
+        self.open_at_tested.append(self.logger.writer is not None)
+
+
+def test_test_outside_a_fit_opens_the_writer_at_stage_started_and_closes_it_at_stage_ended(tmp_path):
+    logger = TensorBoardLogger()
+    seen = WriterSeen(logger)
+    trainer = Trainer(callbacks=[logger, seen], enable_progress_bar=False, default_root_dir=tmp_path)
+    torch.manual_seed(0)
+    aggregate, data = Classifier(), make_data()
+    first = trainer.test(aggregate, data)
+    assert logger.log_dir == tmp_path / "tensorboard" / "Classifier" / "version_0"
+    assert logger.writer is None and seen.open_at_tested == [True]
+    assert scalars(logger.log_dir) == {"test/loss": [(0, f32(first["loss"]))]}
+    second = trainer.test(aggregate, data[:2])  # the same directory, a writer of its own
+    assert logger.writer is None and seen.open_at_tested == [True, True]
+    written = scalars(logger.log_dir)  # two event files; EventAccumulator's order of them is not the runs' order
+    assert sorted(written) == ["test/loss"]
+    assert sorted(written["test/loss"]) == sorted([(0, f32(first["loss"])), (0, f32(second["loss"]))])
+    assert [path.name for path in (tmp_path / "tensorboard" / "Classifier").iterdir()] == ["version_0"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()], ids=["exception", "keyboard-interrupt"])
+def test_the_writer_is_closed_when_a_test_run_raises(tmp_path, error):
+    logger = TensorBoardLogger()
+    trainer = Trainer(callbacks=[logger], enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(type(error)):
+        trainer.test(RaisesOnSecondBatch(error), make_data())
+    assert logger.writer is None
+    assert scalars(logger.log_dir) == {}  # Tested never fired
+    results = trainer.test(Classifier(), make_data())  # the logger still works afterwards
+    assert logger.writer is None and scalars(logger.log_dir) == {"test/loss": [(0, f32(results["loss"]))]}
+
+
+def test_predict_opens_no_writer_and_creates_no_directory(tmp_path):
+    logger = TensorBoardLogger()
+    Trainer(callbacks=[logger], enable_progress_bar=False, default_root_dir=tmp_path).predict(Classifier(), make_data())
+    assert logger.log_dir is None and logger.writer is None
+    assert not (tmp_path / "tensorboard").exists()
+
+
 def test_fast_dev_run_writes_nothing(tmp_path):
     logger = TensorBoardLogger()
     trainer, aggregate, _ = fit(tmp_path, logger, fast_dev_run=True)

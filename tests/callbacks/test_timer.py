@@ -70,6 +70,26 @@ def test_validate_and_test_outside_fit_are_timed(clock, tmp_path):
     assert timer.time_elapsed("test") == 1.0 and timer.time_elapsed("fit") == 0.0
 
 
+def test_a_test_run_that_raises_stops_its_clock_at_stage_end(clock, tmp_path):
+    class RaisesOnThirdBatch(Timed):
+        calls = 0
+
+        def evaluate(self, inputs, targets):
+            self.calls += 1
+            if self.calls == 3:
+                self.clock.now += 0.25
+                raise RuntimeError("boom")
+            return super().evaluate(inputs, targets)
+
+    timer = Timer()
+    trainer = Trainer(callbacks=[timer], enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.test(RaisesOnThirdBatch(clock), make_data())
+    assert timer.time_elapsed("test") == 0.75
+    clock.now += 10.0  # the clock no longer runs once the run has ended
+    assert timer.time_elapsed("test") == 0.75 and timer.state_dict()["time_elapsed"]["test"] == 0.75
+
+
 def test_the_duration_stops_the_fit_after_the_batch_that_spends_it(clock, tmp_path):
     timer = Timer(duration=6)
     trainer = fit([timer], clock, tmp_path, max_epochs=10)

@@ -8,7 +8,8 @@ its postfix shows the phase's results (``loss=0.693, accuracy=0.75``, numbers fo
 
 No per-batch loss is shown: reading a loss tensor synchronises host and device, and a progress bar must not slow
 the loop. The batch counter comes from the events' ``batch`` index, a host int. The bar is closed at its phase's
-end, when the next phase starts, and at ``FitEnded`` (so also when a fit raised or was interrupted).
+end, when the next phase starts, and at ``FitEnded`` and ``StageEnded`` (so also when a fit, ``validate``,
+``test`` or ``predict`` raised or was interrupted).
 
 tqdm is imported when the first bar opens, not when this module is imported.
 """
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         FitEnded,
         PhaseStarted,
         Predicted,
+        StageEnded,
         Tested,
         Trained,
         Validated,
@@ -135,6 +137,10 @@ class ProgressBar(Callback):
 
     def on_fit_ended(self, event: FitEnded) -> None:
         """Close a bar the fit left open (it raised, was interrupted, or stopped mid-phase)."""
+        self._close()
+
+    def on_stage_ended(self, event: StageEnded) -> None:
+        """Close a bar ``validate``, ``test`` or ``predict`` left open (it raised or was interrupted)."""
         self._close()
 
     # -- helpers ----------------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ as TensorBoard's hparams summaries in the run's own directory (as Lightning's ``
 HPARAMS tab shows them and ``EventAccumulator.PluginTagToContent("hparams")`` reads them back.
 
 The writer is flushed at every ``Iterated`` and closed at ``FitEnded``, which also ends fits that raised or
-were interrupted. Under ``fast_dev_run`` nothing is written and no directory is created.
+were interrupted. ``Trainer.validate`` and ``test`` outside a fit open it at ``StageStarted`` (creating the
+directory) and close it at ``StageEnded``, whatever the reason they ended; ``predict`` writes nothing. Under
+``fast_dev_run`` nothing is written and no directory is created.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ if TYPE_CHECKING:
         FitEnded,
         FitStarted,
         Iterated,
+        StageEnded,
+        StageStarted,
         Tested,
         Trained,
         Validated,
@@ -75,8 +79,9 @@ class TensorBoardLogger(Callback):
 
     Attributes:
         log_dir: the folder of the current (or last) fit's event files; ``None`` before the first write.
-        writer: the open ``SummaryWriter`` between ``FitStarted`` and ``FitEnded``, else ``None``. Other callbacks
-            (``LearningRateMonitor``) write their scalars through it.
+        writer: the open ``SummaryWriter`` between ``FitStarted`` and ``FitEnded``, and between ``StageStarted``
+            and ``StageEnded`` of ``validate``/``test``; else ``None``. Other callbacks (``LearningRateMonitor``)
+            write their scalars through it.
 
     Raises:
         ValueError: for ``log_every_n_steps`` < 1, or a ``version`` that is neither ``None``, an int >= 0 nor a
@@ -110,6 +115,7 @@ class TensorBoardLogger(Callback):
         self.log_hyperparameters = bool(log_hyperparameters)
         self.log_dir: Path | None = None
         self.writer: SummaryWriter | None = None
+        self._stage_writer = False  # the writer was opened by StageStarted, so StageEnded closes it
 
     # -- hooks ------------------------------------------------------------------------------------------
 
@@ -129,6 +135,16 @@ class TensorBoardLogger(Callback):
                 file_writer = self.writer._get_file_writer()
                 for summary in hparams(params, {}):
                     file_writer.add_summary(summary)
+
+    def on_stage_started(self, event: StageStarted) -> None:
+        """``validate``/``test`` outside a fit: open the writer in the last fit's ``log_dir`` (else the next free
+        one). ``predict``, a run inside a fit that holds the writer open, and ``fast_dev_run`` open nothing."""
+        if event.stage == "predict" or self.writer is not None or event.trainer.fast_dev_run:
+            return
+        if self.log_dir is None:
+            self.log_dir = self._next_log_dir(event.trainer, event.aggregate)
+        self.writer = _open(self.log_dir)
+        self._stage_writer = True
 
     def on_batch_trained(self, event: BatchTrained) -> None:
         """Every ``log_every_n_steps``-th step, write ``train/loss_step`` (one host-device sync)."""
@@ -154,24 +170,24 @@ class TensorBoardLogger(Callback):
 
     def on_fit_ended(self, event: FitEnded) -> None:
         """Close the writer, whatever the reason the fit ended."""
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
-            writer.close()
+        self._close()
+
+    def on_stage_ended(self, event: StageEnded) -> None:
+        """Close the writer ``StageStarted`` opened, whatever the reason ``validate``/``test`` ended."""
+        if self._stage_writer:
+            self._close()
 
     # -- helpers ----------------------------------------------------------------------------------------
 
     def _write_results(self, event: Trained | Validated | Tested, phase: str) -> None:
-        trainer = event.trainer
         if self.writer is not None:
-            _add_results(self.writer, phase, event, trainer.progress.step)
-        elif not trainer.fast_dev_run:  # Trainer.validate/test: no fit holds a writer open
-            if self.log_dir is None:
-                self.log_dir = self._next_log_dir(trainer, event.aggregate)
-            writer = _open(self.log_dir)
-            try:
-                _add_results(writer, phase, event, trainer.progress.step)
-            finally:
-                writer.close()
+            _add_results(self.writer, phase, event, event.trainer.progress.step)
+
+    def _close(self) -> None:
+        self._stage_writer = False
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.close()
 
     def _next_log_dir(self, trainer: Any, aggregate: Any) -> Path:
         root = (self.save_dir or Path(trainer.default_root_dir) / "tensorboard") / (self.name or _identity(aggregate))

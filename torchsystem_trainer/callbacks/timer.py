@@ -15,6 +15,7 @@ from torchsystem_trainer.events import (
     FitStarted,
     PhaseStarted,
     Predicted,
+    StageEnded,
     Tested,
     Trained,
     Validated,
@@ -24,14 +25,15 @@ from torchsystem_trainer.trainer.arguments import seconds
 __all__ = ["Timer"]
 
 PHASES: tuple[str, ...] = ("train", "validation", "test", "predict", "fit")
+_STAGE_PHASES = {"validate": "validation", "test": "test", "predict": "predict"}
 
 
 class Timer(Callback):
     """Measures wall-clock time with ``time.monotonic``: per phase (from ``PhaseStarted`` to the phase's end
-    event), summed over the phase's runs, and for the whole fit (``"fit"``: ``FitStarted`` to ``FitEnded``,
-    validation and every callback included). With ``duration``, sets ``trainer.should_stop`` once the fit's time
-    reaches it, checked after every training batch and at the end of each phase (so a validation phase that
-    overruns ends the fit at that epoch's end).
+    event, or to ``FitEnded``/``StageEnded`` when the run raised first), summed over the phase's runs, and for the
+    whole fit (``"fit"``: ``FitStarted`` to ``FitEnded``, validation and every callback included). With
+    ``duration``, sets ``trainer.should_stop`` once the fit's time reaches it, checked after every training batch
+    and at the end of each phase (so a validation phase that overruns ends the fit at that epoch's end).
 
     Differences from Lightning's ``Timer``: the phases are this Trainer's (``"train"`` is the training phase
     only; Lightning's ``"train"`` stage spans the whole fit, our ``"fit"``), and the budget is measured on
@@ -119,6 +121,11 @@ class Timer(Callback):
         """Stop every running clock (a phase an exception interrupted included)."""
         for phase in list(self._started):
             self._stop(phase)
+
+    def on_stage_ended(self, event: StageEnded) -> None:
+        """Stop the clock of the phase ``validate``, ``test`` or ``predict`` ran, when it raised before its end
+        event: the time until then counts, and the clock does not run on after the run."""
+        self._stop(_STAGE_PHASES[event.stage])
 
     def _stop(self, phase: str) -> None:
         started = self._started.pop(phase, None)
