@@ -3,31 +3,51 @@
 A subclass handles an event by defining ``on_<event in snake_case>(self, event)``: ``on_fit_started``,
 ``on_batch_trained``, ``on_validated``... A method whose name starts with ``on_`` but matches no event is an
 error when the Trainer is built, naming the method and the closest event (pluggy's ``_verify_hook`` does the same
-for its hook specifications); so is a hook that does not take exactly the event.
+for its hook specifications), or, for one of Lightning's hook names, the hook that does its work here; so is a
+hook that does not take exactly the event.
 
-Lightning's hooks and ours:
+Lightning's hooks and ours (the rows of :data:`LIGHTNING_HOOKS`, which also names our hook in the error for a
+Lightning hook name; the README's table says the same):
 
-=====================================  ================================================
-Lightning ``Callback`` hook            ``Callback`` hook (event)
-=====================================  ================================================
-``on_fit_start``                       ``on_fit_started`` (``FitStarted``)
-``on_train_epoch_start``               ``on_epoch_started`` (``EpochStarted``);
-                                       ``on_phase_started`` with ``phase == "train"``
-``on_validation_epoch_start``          ``on_phase_started`` with ``phase == "validation"``
-``on_before_optimizer_step``           ``on_gradients_computed`` (``GradientsComputed``)
-``on_train_batch_end``                 ``on_batch_trained`` (``BatchTrained``)
-``on_train_epoch_end``                 ``on_trained`` (``Trained``)
-``on_validation_batch_end``            ``on_batch_validated`` (``BatchValidated``)
-``on_validation_epoch_end``            ``on_validated`` (``Validated``)
-``on_test_batch_end``                  ``on_batch_tested`` (``BatchTested``)
-``on_test_epoch_end``                  ``on_tested`` (``Tested``)
-``on_predict_batch_end``               ``on_batch_predicted`` (``BatchPredicted``)
-``on_predict_end``                     ``on_predicted`` (``Predicted``)
-(end of an epoch, after validation)    ``on_iterated`` (``Iterated``)
-``on_exception``                       ``on_exception_raised`` (``ExceptionRaised``)
-``on_fit_end``, ``teardown``           ``on_fit_ended`` (``FitEnded``)
-``state_dict``/``load_state_dict``     ``state_dict``/``load_state_dict`` (same)
-=====================================  ================================================
+===================================  ================================================================================
+Lightning ``Callback`` hook          ``Callback`` hook (event)
+===================================  ================================================================================
+``on_fit_start``                     ``on_fit_started`` (``FitStarted``)
+``on_train_start``                   ``on_fit_started`` (``FitStarted``)
+``on_train_epoch_start``             ``on_epoch_started`` (``EpochStarted``); ``on_phase_started`` with
+                                     ``phase == "train"``
+``on_validation_start``              in ``validate()``: ``on_stage_started`` (``StageStarted``) with
+                                     ``stage == "validate"``; inside a fit: ``on_phase_started`` (``PhaseStarted``)
+                                     with ``phase == "validation"``
+``on_validation_epoch_start``        ``on_phase_started`` with ``phase == "validation"``
+``on_test_start``                    ``on_stage_started`` with ``stage == "test"``
+``on_test_epoch_start``              ``on_phase_started`` with ``phase == "test"``
+``on_predict_start``                 ``on_stage_started`` with ``stage == "predict"``
+``on_predict_epoch_start``           ``on_phase_started`` with ``phase == "predict"``
+``on_after_backward``                ``on_gradients_computed`` (``GradientsComputed``): once per optimizer step,
+                                     after the accumulated backwards (Lightning's: after every backward)
+``on_before_optimizer_step``         ``on_gradients_computed`` (``GradientsComputed``)
+``on_train_batch_end``               ``on_batch_trained`` (``BatchTrained``)
+``on_train_epoch_end``               ``on_trained`` (``Trained``)
+``on_validation_batch_end``          ``on_batch_validated`` (``BatchValidated``)
+``on_validation_epoch_end``          ``on_validated`` (``Validated``)
+``on_validation_end``                in ``validate()``: ``on_stage_ended`` (``StageEnded``) with
+                                     ``stage == "validate"``; inside a fit: ``on_validated`` (``Validated``)
+``on_test_batch_end``                ``on_batch_tested`` (``BatchTested``)
+``on_test_epoch_end``                ``on_tested`` (``Tested``)
+``on_test_end``                      ``on_stage_ended`` with ``stage == "test"``
+``on_predict_batch_end``             ``on_batch_predicted`` (``BatchPredicted``)
+``on_predict_epoch_end``             ``on_predicted`` (``Predicted``)
+``on_predict_end``                   ``on_stage_ended`` with ``stage == "predict"``
+(end of an epoch, after validation)  ``on_iterated`` (``Iterated``)
+``on_exception``                     ``on_exception_raised`` (``ExceptionRaised``), in ``fit``, ``validate``,
+                                     ``test`` and ``predict``
+``on_train_end``                     ``on_fit_ended`` (``FitEnded``), as ``on_fit_end``
+``on_fit_end``, ``teardown``         ``on_fit_ended`` (``FitEnded``), whatever the ending (``event.reason``);
+                                     Lightning calls ``on_train_end`` and ``on_fit_end`` only when the fit did not
+                                     raise, ``teardown`` always
+``state_dict``/``load_state_dict``   ``state_dict``/``load_state_dict`` (the same; saved in checkpoints)
+===================================  ================================================================================
 """
 
 from __future__ import annotations
@@ -41,7 +61,7 @@ from typing import Any, ClassVar
 from torchsystem_trainer.events import EVENTS
 from torchsystem_trainer.services import Consumer
 
-__all__ = ["Callback", "CallbackHookError", "HOOKS", "hook_name"]
+__all__ = ["HOOKS", "LIGHTNING_HOOKS", "Callback", "CallbackHookError", "hook_name"]
 
 
 def hook_name(event: type) -> str:
@@ -51,6 +71,42 @@ def hook_name(event: type) -> str:
 
 HOOKS: dict[str, str] = {hook_name(event): event.__name__ for event in EVENTS}
 """Hook method name -> event class name, for every event the Trainer produces."""
+
+LIGHTNING_HOOKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "on_fit_start": (("on_fit_started", ""),),
+    "on_train_start": (("on_fit_started", ""),),
+    "on_train_epoch_start": (("on_epoch_started", ""), ("on_phase_started", "phase 'train'")),
+    "on_validation_start": (
+        ("on_stage_started", "stage 'validate'"),
+        ("on_phase_started", "phase 'validation', inside a fit"),
+    ),
+    "on_validation_epoch_start": (("on_phase_started", "phase 'validation'"),),
+    "on_test_start": (("on_stage_started", "stage 'test'"),),
+    "on_test_epoch_start": (("on_phase_started", "phase 'test'"),),
+    "on_predict_start": (("on_stage_started", "stage 'predict'"),),
+    "on_predict_epoch_start": (("on_phase_started", "phase 'predict'"),),
+    "on_after_backward": (("on_gradients_computed", "once per optimizer step, after the accumulated backwards"),),
+    "on_before_optimizer_step": (("on_gradients_computed", ""),),
+    "on_train_batch_end": (("on_batch_trained", ""),),
+    "on_train_epoch_end": (("on_trained", ""),),
+    "on_validation_batch_end": (("on_batch_validated", ""),),
+    "on_validation_epoch_end": (("on_validated", ""),),
+    "on_validation_end": (("on_stage_ended", "stage 'validate'"), ("on_validated", "inside a fit")),
+    "on_test_batch_end": (("on_batch_tested", ""),),
+    "on_test_epoch_end": (("on_tested", ""),),
+    "on_test_end": (("on_stage_ended", "stage 'test'"),),
+    "on_predict_batch_end": (("on_batch_predicted", ""),),
+    "on_predict_epoch_end": (("on_predicted", ""),),
+    "on_predict_end": (("on_stage_ended", "stage 'predict'"),),
+    "on_exception": (("on_exception_raised", ""),),
+    "on_train_end": (("on_fit_ended", "whatever the ending: read event.reason"),),
+    "on_fit_end": (("on_fit_ended", "whatever the ending: read event.reason"),),
+}
+"""Lightning ``Callback`` hook name -> the hooks that do its work here, each with the condition to check in the
+event (``""`` for none); the module docstring's table and the README's say the same. A callback that defines one
+of these names fails with an error that names these hooks, instead of the closest name by spelling (which for
+``on_validation_start`` would be ``on_fit_started``). Lightning's ``teardown``, ``state_dict`` and
+``load_state_dict`` do not start with ``on_``, so they are not checked."""
 
 
 class CallbackHookError(ValueError):
@@ -78,17 +134,16 @@ class Callback(Consumer):
         ``@callback.handler`` (seed style).
 
         Raises:
-            CallbackHookError: for an ``on_*`` method that matches no event (naming the closest one) or that
-                does not take exactly one argument, the event.
+            CallbackHookError: for an ``on_*`` method that matches no event (naming our hooks for it when it is
+                one of Lightning's hook names, see :data:`LIGHTNING_HOOKS`, else the closest hook by spelling) or
+                that does not take exactly one argument, the event.
         """
         table: dict[str, list[Callable[[Any], None]]] = {}
         for name in _hook_like_names(type(self)):
             event = HOOKS.get(name)
             if event is None:
-                closest = difflib.get_close_matches(name, list(HOOKS), n=1, cutoff=0.0)
                 raise CallbackHookError(
-                    f"{type(self).__name__}.{name} looks like a hook but matches no event; "
-                    f"did you mean {closest[0]!r}? (hooks: {', '.join(sorted(HOOKS))})"
+                    f"{type(self).__name__}.{name} looks like a hook but matches no event; {_suggestion(name)}"
                 )
             method = getattr(self, name)
             if not _takes_one(method):
@@ -116,6 +171,17 @@ class Callback(Consumer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned; nothing by default."""
+
+
+def _suggestion(name: str) -> str:
+    """What to write instead of ``name``, an ``on_*`` name that matches no event: our hooks for it when it is a
+    Lightning hook name (:data:`LIGHTNING_HOOKS`), else the closest hook name by spelling (``difflib``)."""
+    equivalents = LIGHTNING_HOOKS.get(name)
+    if equivalents is not None:
+        here = " or ".join(f"`{hook}`" + (f" ({where})" if where else "") for hook, where in equivalents)
+        return f"`{name}` is Lightning's name; here: {here}"
+    closest = difflib.get_close_matches(name, list(HOOKS), n=1, cutoff=0.0)
+    return f"did you mean {closest[0]!r}? (hooks: {', '.join(sorted(HOOKS))})"
 
 
 def _hook_like_names(cls: type) -> list[str]:
