@@ -342,7 +342,6 @@ class Trainer:
     def _fit(self, aggregate: Any, pairs: list[tuple[str, Iterable[Any]]], ckpt_path: Any) -> None:
         if self.seed is not None:
             seed_everything(self.seed)
-        self._start(aggregate)
         self.should_stop = self.interrupted = self._signal_set_stop = False
         self.received_signal = None
         self.progress = Progress()
@@ -350,39 +349,37 @@ class Trainer:
         self._position = TrainPosition()
         if "epoch" not in aggregate.__dict__:
             aggregate.__dict__["epoch"] = 0  # a first value, which fires no onepoch
-        loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
-        self._loaders = dict(loaders)
+        self._start(aggregate)
         reason: EndReason = "exception"
         bus = self._bus
         with StopSignals(self._on_stop_signal) as signals:
-            try:  # a checkpoint that cannot be used fails the fit before it starts: no event, nothing changed
+            try:  # whatever happens from here, the strategy is torn down (inside StopSignals, as the fit runs)
+                # a loader the strategy refuses or a checkpoint that cannot be used fails the fit before it starts:
+                # no event (and a bad checkpoint changes nothing); the loaders come first, restoring reads them
+                loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
+                self._loaders = dict(loaders)
                 if ckpt_path is not None:
                     self._restore(aggregate, ckpt_path)
-            except BaseException:
-                self.strategy.teardown(aggregate)
-                self._loaders = {}
-                raise
-            try:
-                with deterministic_algorithms(self.deterministic):
-                    bus.emit(FitStarted, self, aggregate)
-                    reason = self._run_epochs(aggregate, loaders)
-                self.interrupted = reason == "interrupted"
-            except KeyboardInterrupt as error:
-                reason, self.interrupted = "interrupted", True
-                bus.emit(ExceptionRaised, self, aggregate, error)
-                if signals.insisted:  # a second SIGINT while stopping: the user wants out now
-                    raise
-            except BaseException as error:
-                bus.emit(ExceptionRaised, self, aggregate, error)
-                raise
-            finally:
                 try:
-                    bus.emit(FitEnded, self, aggregate, reason)
+                    with deterministic_algorithms(self.deterministic):
+                        bus.emit(FitStarted, self, aggregate)
+                        reason = self._run_epochs(aggregate, loaders)
+                    self.interrupted = reason == "interrupted"
+                except KeyboardInterrupt as error:
+                    reason, self.interrupted = "interrupted", True
+                    bus.emit(ExceptionRaised, self, aggregate, error)
+                    if signals.insisted:  # a second SIGINT while stopping: the user wants out now
+                        raise
+                except BaseException as error:
+                    bus.emit(ExceptionRaised, self, aggregate, error)
+                    raise
                 finally:
-                    self.strategy.teardown(aggregate)
-                    # the trainer sits in reference cycles; a loader it kept would live until the cyclic GC, and a
-                    # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
-                    self._loaders = {}
+                    bus.emit(FitEnded, self, aggregate, reason)
+            finally:
+                self.strategy.teardown(aggregate)
+                # the trainer sits in reference cycles; a loader it kept would live until the cyclic GC, and a
+                # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
+                self._loaders = {}
 
     def _on_stop_signal(self, signal_number: int) -> None:
         """``SIGTERM``/``SIGINT`` during ``fit``: stop after the current training step (see ``StopSignals``)."""
