@@ -9,6 +9,9 @@ configured metric. :class:`Iterated` carries the whole epoch's results flattened
 (``"validation/loss"``), the keys callbacks such as ``EarlyStopping`` monitor.
 
 The Trainer builds an event only when some callback handles it, so unhandled events cost nothing per step.
+A handler that raises stops the event there, except for the endings (:class:`ExceptionRaised`,
+:class:`FitEnded`, :class:`StageEnded`): those reach every handler, then the first error propagates
+(``torchsystem_trainer.trainer.dispatch``).
 
 Seed-style consumers (``torchsystem``'s README) read ``event.model`` and ``event.metrics`` (objects with ``name``
 and ``value``); the phase events offer both as read-only views of ``aggregate`` and ``results``. Routing is by

@@ -226,6 +226,8 @@ class Trainer:
             TypeError: for an aggregate without ``fit``/``evaluate``, or a bad batch or return value.
             FileNotFoundError, CheckpointError: for a ``ckpt_path`` that is missing, corrupt, unsafe, foreign or
                 does not match the aggregate (naming the file), before any event; nothing is changed then.
+            TypeError, ValueError: for a loader the strategy refuses (``process_dataloader``, e.g. DDP's), before
+                any event; the strategy is torn down.
             Exception: whatever the aggregate, a loader or a callback raises, after ``ExceptionRaised`` and
                 ``FitEnded``; ``KeyboardInterrupt`` instead ends the fit cleanly (``trainer.interrupted``),
                 except a second ``SIGINT`` while stopping, which propagates.
