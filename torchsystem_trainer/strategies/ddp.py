@@ -20,7 +20,7 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any, ContextManager, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 import torch.distributed as dist
@@ -32,7 +32,8 @@ from torch.utils.data import RandomSampler
 from typing_extensions import override
 
 from torchsystem_trainer.domain import Aggregate
-from torchsystem_trainer.strategies.collectives import average_gradients
+from torchsystem_trainer.strategies import collectives
+from torchsystem_trainer.strategies.collectives import average_gradients, group_initialized
 from torchsystem_trainer.strategies.devices import (
     ACCELERATORS,
     Accelerator,
@@ -165,7 +166,7 @@ class DDPStrategy(Strategy):
     @property
     @override
     def global_rank(self) -> int:
-        if _initialized():
+        if group_initialized():
             return dist.get_rank()
         environment = ProcessEnvironment.from_environ()
         return 0 if environment is None else environment.global_rank
@@ -179,7 +180,7 @@ class DDPStrategy(Strategy):
     @property
     @override
     def world_size(self) -> int:
-        if _initialized():
+        if group_initialized():
             return dist.get_world_size()
         environment = ProcessEnvironment.from_environ()
         return self.num_processes if environment is None else environment.world_size
@@ -211,7 +212,7 @@ class DDPStrategy(Strategy):
                 does not match ``devices``.
             ProcessRaisedError: (or the original exception) when a started process fails; see the launcher.
         """
-        if _initialized():
+        if group_initialized():
             try:
                 return function(*args, **kwargs)
             except BaseException:
@@ -263,7 +264,7 @@ class DDPStrategy(Strategy):
             RuntimeError: without ``store`` when no launcher set the environment, or when the environment does
                 not match ``devices``.
         """
-        if _initialized():
+        if group_initialized():
             return
         options: dict[str, Any] = {"backend": self.backend, "timeout": self.timeout}
         if store is None:
@@ -291,7 +292,7 @@ class DDPStrategy(Strategy):
 
     def destroy_process_group(self) -> None:
         """Destroy the default process group if this strategy created it (a user's own group is left alone)."""
-        if self._owns_group and _initialized():
+        if self._owns_group and group_initialized():
             dist.destroy_process_group()
             _ENVIRONMENT_GROUP["created"] = False
         self._owns_group = False
@@ -324,7 +325,7 @@ class DDPStrategy(Strategy):
             RuntimeError: outside the processes of a run (no process group, no launcher environment).
             ValueError: when two trainable children share a parameter.
         """
-        if not _initialized():
+        if not group_initialized():
             self.init_process_group()
         super().setup(aggregate)
         new = route_modules(aggregate, self._wrap)
@@ -383,7 +384,7 @@ class DDPStrategy(Strategy):
             TypeError: for a ``DataLoader`` subclass that cannot be rebuilt with another sampler.
         """
         world_size = self.world_size
-        if world_size == 1 or phase == "predict" or not _initialized():
+        if world_size == 1 or phase == "predict" or not group_initialized():
             return loader
         reason = unshardable_reason(loader)
         if reason == "":
@@ -409,7 +410,7 @@ class DDPStrategy(Strategy):
     # -- per batch --------------------------------------------------------------------------------------
 
     @override
-    def train_step_context(self) -> ContextManager[Any]:
+    def train_step_context(self) -> contextlib.AbstractContextManager[Any]:
         """The precision context, plus ``no_sync()`` of every wrapped module while :attr:`accumulating`: the
         gradient all-reduce then waits for the last batch of the accumulation window (whose backward
         all-reduces the summed gradients). The whole step (forward and backward) must run inside."""
@@ -440,12 +441,12 @@ class DDPStrategy(Strategy):
             self._routing_checked = True
         if self._grads_unsynced:
             parameters = [p for route in self._routes for p in route.module.parameters() if p.requires_grad]
-            average_gradients(parameters, self._communication_device(self.root_device))
+            average_gradients(parameters, self.root_device)
             self._grads_unsynced = False
         if self._loose:
             stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
             loose = [p for p in self._loose if id(p) in stepped]
-            average_gradients(loose, self._communication_device(self.root_device))
+            average_gradients(loose, self.root_device)
         return super().optimizer_step(optimizer)
 
     def _check_routing(self) -> None:
@@ -458,91 +459,46 @@ class DDPStrategy(Strategy):
                     "submodules directly"
                 )
 
-    # -- collectives ------------------------------------------------------------------------------------
+    # -- collectives: checks here, the communication in :mod:`~torchsystem_trainer.strategies.collectives` --
 
-    def _communication_device(self, device: torch.device) -> torch.device:
-        return self.root_device if self.backend == "nccl" else device
-
-    def _require_group(self, name: str) -> bool:
-        if _initialized():
-            return True
-        if self.world_size == 1:
-            return False
-        raise RuntimeError(
-            f"DDPStrategy.{name}: no process group; collectives run inside the processes of a run (in callbacks "
-            "during Trainer.fit, or under torchrun)"
-        )
+    def _collective_device(self) -> torch.device | None:
+        return self.root_device if self.backend == "nccl" else None  # NCCL runs on the process's GPU
 
     @override
     def all_reduce(self, tensor: Tensor, op: ReduceOp = "sum") -> Tensor:
-        """Reduce ``tensor`` over the processes with ``op``; the input is not modified.
-
-        Args:
-            tensor: any shape, the same on every process; ``"mean"`` needs a floating dtype.
-            op: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"``.
-
-        Returns:
-            The reduced tensor, on ``tensor``'s device, the same on every process.
+        """Reduce ``tensor`` over the processes with ``op``; see :func:`.collectives.all_reduce`.
 
         Raises:
-            ValueError: for another ``op``.
-            TypeError: for ``"mean"`` of an integer tensor.
+            ValueError, TypeError: for an invalid ``op`` or dtype (see :func:`.collectives.check_reduce_op`).
             RuntimeError: outside the processes of a run.
         """
-        operations = {"sum": "SUM", "mean": "SUM", "max": "MAX", "min": "MIN"}
-        if op not in operations:
-            raise ValueError(f"all_reduce: op={op!r} is invalid; valid: {', '.join(operations)}")
-        if op == "mean" and not (tensor.is_floating_point() or tensor.is_complex()):
-            raise TypeError(f"all_reduce: op='mean' of a {tensor.dtype} tensor; use op='sum' or a floating tensor")
-        if not self._require_group("all_reduce"):
+        collectives.check_reduce_op(tensor, op)
+        if not collectives.require_group("DDPStrategy.all_reduce", self.world_size):
             return super().all_reduce(tensor, op)
-        result = tensor.detach().to(self._communication_device(tensor.device), copy=True)
-        dist.all_reduce(result, getattr(dist.ReduceOp, operations[op]))
-        if op == "mean":
-            result.div_(self.world_size)
-        return result.to(tensor.device)
+        return collectives.all_reduce(tensor, op, self._collective_device())
 
     @override
     def all_gather(self, tensor: Tensor) -> Tensor:
-        """Gather ``tensor`` from every process (not differentiable).
-
-        Args:
-            tensor: the same shape and dtype on every process.
-
-        Returns:
-            ``[world_size, *tensor.shape]``, row ``r`` from rank ``r``, on ``tensor``'s device.
+        """Gather ``tensor`` from every process: ``[world_size, *tensor.shape]``; see :func:`.collectives.all_gather`.
 
         Raises:
             RuntimeError: outside the processes of a run.
         """
-        if not self._require_group("all_gather"):
+        if not collectives.require_group("DDPStrategy.all_gather", self.world_size):
             return super().all_gather(tensor)
-        local = tensor.detach().to(self._communication_device(tensor.device), copy=True).contiguous()
-        parts = [torch.empty_like(local) for _ in range(self.world_size)]
-        dist.all_gather(parts, local)
-        return torch.stack(parts).to(tensor.device)
+        return collectives.all_gather(tensor, self._collective_device())
 
     @override
     def broadcast(self, obj: R, src: int = 0) -> R:
-        """Send ``obj`` from rank ``src`` to every process: a tensor (the same shape and dtype everywhere) or any
-        picklable object.
-
-        Returns:
-            Rank ``src``'s ``obj`` (a new tensor; ``obj`` is not modified).
+        """Send ``obj`` (a tensor or any picklable object) from rank ``src`` to every process; see
+        :func:`.collectives.broadcast`.
 
         Raises:
             RuntimeError: outside the processes of a run.
         """
-        if not self._require_group("broadcast"):
+        if not collectives.require_group("DDPStrategy.broadcast", self.world_size):
             return super().broadcast(obj, src)
-        if isinstance(obj, Tensor):
-            result = obj.detach().to(self._communication_device(obj.device), copy=True)
-            dist.broadcast(result, src)
-            return result.to(obj.device)  # type: ignore[return-value]
-        box = [obj]
-        device = self.root_device if self.backend == "nccl" else None
-        dist.broadcast_object_list(box, src, device=device)
-        return box[0]
+        return collectives.broadcast(obj, src, self._collective_device())
 
     @override
     def barrier(self, name: str | None = None) -> None:
@@ -551,12 +507,8 @@ class DDPStrategy(Strategy):
         Raises:
             RuntimeError: outside the processes of a run.
         """
-        if not self._require_group("barrier"):
-            return
-        if self.backend == "nccl":
-            dist.barrier(device_ids=[self.root_device.index])
-        else:
-            dist.barrier()
+        if collectives.require_group("DDPStrategy.barrier", self.world_size):
+            collectives.barrier(self._collective_device())
 
     def __repr__(self) -> str:
         devices = self._processes if self.accelerator == "cpu" else self._gpus
@@ -566,14 +518,10 @@ class DDPStrategy(Strategy):
         )
 
 
-def _initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 _ENVIRONMENT_GROUP = {"created": False, "registered": False}  # a group joined from torchrun's variables
 
 
 def _destroy_environment_group() -> None:
-    if _ENVIRONMENT_GROUP["created"] and _initialized():
+    if _ENVIRONMENT_GROUP["created"] and group_initialized():
         dist.destroy_process_group()
     _ENVIRONMENT_GROUP["created"] = False
