@@ -4,7 +4,8 @@ aggregate, gradients averaged by ``torch.nn.parallel.DistributedDataParallel`` (
 Launching (see :meth:`DDPStrategy.launch`): under ``torchrun`` (or any launcher that sets ``RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) every process runs the script and joins the group; from a plain
 ``python script.py`` the strategy starts the processes itself (:mod:`~torchsystem_trainer.strategies.launchers`
-says how and why). Wrapping (see :meth:`DDPStrategy.setup`) leaves the aggregate unchanged
+says how and why; :mod:`~torchsystem_trainer.strategies.process_group` how long a group lives). Wrapping (see
+:meth:`DDPStrategy.setup`) leaves the aggregate unchanged
 (:mod:`~torchsystem_trainer.strategies.routing`). Loaders are sharded
 (:mod:`~torchsystem_trainer.strategies.samplers`).
 
@@ -14,7 +15,6 @@ accumulation, collectives) and PyTorch's "Getting Started with Distributed Data 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import multiprocessing
 import os
@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar, get_args
 
 import torch
 import torch.distributed as dist
-from lightning_utilities.core.rank_zero import rank_zero_only, rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
@@ -44,6 +44,11 @@ from torchsystem_trainer.strategies.devices import (
 )
 from torchsystem_trainer.strategies.environment import ProcessEnvironment, cpu_count
 from torchsystem_trainer.strategies.launchers import StartMethod, check_main_guard, launch_processes
+from torchsystem_trainer.strategies.process_group import (
+    destroy_launcher_group,
+    destroy_process_group,
+    join_process_group,
+)
 from torchsystem_trainer.strategies.routing import Route, loose_parameters, route_modules, unroute
 from torchsystem_trainer.strategies.samplers import distribute_loader, shuffle_seed_of, unshardable_reason
 from torchsystem_trainer.strategies.strategy import ReduceOp, Strategy
@@ -55,10 +60,6 @@ R = TypeVar("R")
 START_METHODS: tuple[str, ...] = get_args(StartMethod)
 _RESERVED_DDP_ARGUMENTS = ("module", "device_ids", "output_device", "process_group", "find_unused_parameters")
 _SEED_MODULUS = 2**62  # DistributedSampler seeds its generator with seed + epoch: keep that inside int64
-
-if getattr(rank_zero_only, "rank", None) is None:  # lightning_utilities leaves it unset: its helpers would raise
-    _environ_rank = os.environ.get("RANK", "0")
-    rank_zero_only.rank = int(_environ_rank) if _environ_rank.isdigit() else 0  # type: ignore[attr-defined]
 
 
 class DDPStrategy(Strategy):
@@ -216,8 +217,7 @@ class DDPStrategy(Strategy):
             try:
                 return function(*args, **kwargs)
             except BaseException:
-                if _ENVIRONMENT_GROUP["created"]:  # a torchrun group of an earlier fit: fail the peers now
-                    _destroy_environment_group()
+                destroy_launcher_group()  # a torchrun group of an earlier fit: fail the peers now
                 raise
         check_main_guard()
         environment = ProcessEnvironment.from_environ()
@@ -250,9 +250,8 @@ class DDPStrategy(Strategy):
     def init_process_group(
         self, store: dist.Store | None = None, rank: int | None = None, world_size: int | None = None
     ) -> None:
-        """Join the default process group (a no-op when one is initialised): pin this process's GPU, then
-        ``torch.distributed.init_process_group`` with :attr:`backend` and :attr:`timeout`. Sets
-        ``lightning_utilities``' ``rank_zero_only.rank``.
+        """Join the default process group (a no-op when one is initialised) with :attr:`backend` and
+        :attr:`timeout` on :attr:`root_device` (:func:`.process_group.join_process_group`).
 
         Args:
             store: the rendezvous store, with ``rank`` and ``world_size``; ``None``: the ``env://`` rendezvous of
@@ -266,7 +265,6 @@ class DDPStrategy(Strategy):
         """
         if group_initialized():
             return
-        options: dict[str, Any] = {"backend": self.backend, "timeout": self.timeout}
         if store is None:
             environment = ProcessEnvironment.from_environ()
             if environment is None:
@@ -275,26 +273,14 @@ class DDPStrategy(Strategy):
                     "MASTER_PORT): run under torchrun, or let Trainer.fit start the processes"
                 )
             self._check_environment(environment)
-            options.update(init_method="env://", rank=environment.global_rank, world_size=environment.world_size)
-        else:
-            options.update(store=store, rank=rank, world_size=world_size)
-        if self.accelerator == "cuda":
-            torch.cuda.set_device(self.root_device)
-            if self.backend == "nccl":
-                options["device_id"] = self.root_device  # form the NCCL communicator now: errors surface here
-        dist.init_process_group(**options)
+            rank, world_size = environment.global_rank, environment.world_size
+        join_process_group(self.backend, self.timeout, self.root_device, store, rank, world_size)
         self._owns_group = True
-        if store is None:  # the launcher's group lives until the process ends
-            if not _ENVIRONMENT_GROUP["registered"]:
-                atexit.register(_destroy_environment_group)
-            _ENVIRONMENT_GROUP.update(created=True, registered=True)
-        rank_zero_only.rank = dist.get_rank()  # type: ignore[attr-defined]
 
     def destroy_process_group(self) -> None:
         """Destroy the default process group if this strategy created it (a user's own group is left alone)."""
-        if self._owns_group and group_initialized():
-            dist.destroy_process_group()
-            _ENVIRONMENT_GROUP["created"] = False
+        if self._owns_group:
+            destroy_process_group()
         self._owns_group = False
 
     def _check_environment(self, environment: ProcessEnvironment) -> None:
@@ -516,12 +502,3 @@ class DDPStrategy(Strategy):
             f"DDPStrategy(accelerator={self.accelerator!r}, devices={devices!r}, backend={self.backend!r}, "
             f"precision={self.precision.precision!r}, start_method={self.start_method!r})"
         )
-
-
-_ENVIRONMENT_GROUP = {"created": False, "registered": False}  # a group joined from torchrun's variables
-
-
-def _destroy_environment_group() -> None:
-    if _ENVIRONMENT_GROUP["created"] and group_initialized():
-        dist.destroy_process_group()
-    _ENVIRONMENT_GROUP["created"] = False
