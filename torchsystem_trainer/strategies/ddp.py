@@ -44,11 +44,7 @@ from torchsystem_trainer.strategies.devices import (
 )
 from torchsystem_trainer.strategies.environment import ProcessEnvironment, cpu_count
 from torchsystem_trainer.strategies.launchers import StartMethod, check_main_guard, launch_processes
-from torchsystem_trainer.strategies.process_group import (
-    destroy_launcher_group,
-    destroy_process_group,
-    join_process_group,
-)
+from torchsystem_trainer.strategies.process_group import destroy_group, destroy_launcher_group, join_group
 from torchsystem_trainer.strategies.routing import Route, loose_parameters, route_modules, unroute
 from torchsystem_trainer.strategies.samplers import distribute_loader, shuffle_seed_of, unshardable_reason
 from torchsystem_trainer.strategies.strategy import ReduceOp, Strategy
@@ -251,7 +247,7 @@ class DDPStrategy(Strategy):
         self, store: dist.Store | None = None, rank: int | None = None, world_size: int | None = None
     ) -> None:
         """Join the default process group (a no-op when one is initialised) with :attr:`backend` and
-        :attr:`timeout` on :attr:`root_device` (:func:`.process_group.join_process_group`).
+        :attr:`timeout` on :attr:`root_device` (:func:`.process_group.join_group`).
 
         Args:
             store: the rendezvous store, with ``rank`` and ``world_size``; ``None``: the ``env://`` rendezvous of
@@ -274,13 +270,13 @@ class DDPStrategy(Strategy):
                 )
             self._check_environment(environment)
             rank, world_size = environment.global_rank, environment.world_size
-        join_process_group(self.backend, self.timeout, self.root_device, store, rank, world_size)
+        join_group(self.backend, self.timeout, self.root_device, store, rank, world_size)
         self._owns_group = True
 
     def destroy_process_group(self) -> None:
         """Destroy the default process group if this strategy created it (a user's own group is left alone)."""
         if self._owns_group:
-            destroy_process_group()
+            destroy_group()
         self._owns_group = False
 
     def _check_environment(self, environment: ProcessEnvironment) -> None:

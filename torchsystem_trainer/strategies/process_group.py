@@ -23,7 +23,7 @@ from lightning_utilities.core.rank_zero import rank_zero_only
 
 from torchsystem_trainer.strategies.collectives import group_initialized
 
-__all__ = ["destroy_launcher_group", "destroy_process_group", "join_process_group", "launcher_group_created"]
+__all__ = ["destroy_group", "destroy_launcher_group", "join_group"]
 
 if getattr(rank_zero_only, "rank", None) is None:
     _environ_rank = os.environ.get("RANK", "0")
@@ -32,7 +32,7 @@ if getattr(rank_zero_only, "rank", None) is None:
 _LAUNCHER_GROUP = {"created": False, "registered": False}  # a group joined from a launcher's variables
 
 
-def join_process_group(
+def join_group(
     backend: str,
     timeout: timedelta,
     device: torch.device,
@@ -58,11 +58,13 @@ def join_process_group(
         ValueError: (from ``torch.distributed``) without ``store`` when the launcher variables are missing.
         RuntimeError: (from ``torch.distributed``) when a group is initialised already, or the rendezvous fails.
     """
-    options: dict[str, Any] = {"backend": backend, "timeout": timeout, "rank": rank, "world_size": world_size}
+    options: dict[str, Any] = {"backend": backend, "timeout": timeout}
     if store is None:
         options["init_method"] = "env://"
     else:
         options["store"] = store
+    if rank is not None and world_size is not None:
+        options.update(rank=rank, world_size=world_size)
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if backend == "nccl":
@@ -75,19 +77,14 @@ def join_process_group(
     rank_zero_only.rank = dist.get_rank()  # type: ignore[attr-defined]
 
 
-def destroy_process_group() -> None:
+def destroy_group() -> None:
     """Destroy the default process group, if one is initialised (the peers' pending collectives then fail)."""
     if group_initialized():
         dist.destroy_process_group()
     _LAUNCHER_GROUP["created"] = False
 
 
-def launcher_group_created() -> bool:
-    """Whether the default group is one :func:`join_process_group` joined from a launcher's variables."""
-    return _LAUNCHER_GROUP["created"]
-
-
 def destroy_launcher_group() -> None:
     """Destroy the default group if it is the launcher's (at exit, or when a launch fails); else do nothing."""
     if _LAUNCHER_GROUP["created"]:
-        destroy_process_group()
+        destroy_group()
