@@ -205,7 +205,9 @@ class _BatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class BatchTrained(_BatchEvent):
-    """The aggregate's ``fit`` ran on one training batch. ``loss``: ``[]`` tensor, not detached from its device."""
+    """The aggregate's ``fit`` ran on one training batch. ``loss``: the ``[]`` tensor ``fit`` returned, detached from
+    its autograd graph (the step has used it; Lightning's ``on_train_batch_end`` gets a detached loss too) and still
+    on its device: reading it (``float(event.loss)``) is what synchronises."""
 
 
 @dataclass(frozen=True, slots=True)

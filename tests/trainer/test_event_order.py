@@ -1,9 +1,12 @@
 """The exact event sequence of fit, validate, test and predict."""
 
+import warnings
+
 import torch
 
 from tests.conftest import Classifier, Recorder, make_data
 from torchsystem_trainer import Trainer
+from torchsystem_trainer.callbacks import Callback
 
 
 def test_fit_emits_the_documented_sequence(classifier, data):
@@ -119,3 +122,23 @@ def test_batches_as_dicts_and_longer_tuples(data):
     trainer.fit(Flexible(), [(x, y, torch.ones(len(y))) for x, y in data[:1]])
     trainer.fit(Flexible(), [{"inputs": x, "targets": y} for x, y in data[:1]])
     assert seen == [True, False]
+
+
+def test_batch_trained_carries_the_loss_value_without_its_graph(data):
+    losses, values = [], []
+
+    class Returning(Classifier):
+        def fit(self, inputs, targets):
+            predictions, loss = super().fit(inputs, targets)
+            losses.append(loss)
+            return predictions, loss
+
+    class ReadLoss(Callback):
+        def on_batch_trained(self, event):
+            values.append((event.loss.requires_grad, event.loss.grad_fn, float(event.loss)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a tensor that requires grad is read as a number
+        Trainer(callbacks=[ReadLoss()], enable_progress_bar=False).fit(Returning(), data)
+    assert len(values) == len(data)
+    assert [(False, None, loss.item()) for loss in losses] == values

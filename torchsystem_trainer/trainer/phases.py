@@ -80,6 +80,7 @@ def train_phase(
         else:
             with context():
                 predictions, loss = call_step(fit, batch, owner)
+        loss = loss.detach()  # the step is done with its graph: results and events keep the value only
         targets = batch_targets(batch) if wants_targets else None
         results.update(loss, batch_size(batch), predictions, targets)
         progress.batch = index + 1
@@ -115,7 +116,10 @@ def train_phase(
     cut_short = reason is not None and (total is None or index + 1 < total)
     return results.compute(trainer._reduce), reason, cut_short
 
-def evaluate_phase(trainer: Trainer, aggregate: Any, loader: Iterable[Any], phase: str, limit_arg: Any) -> dict[str, float]:
+
+def evaluate_phase(
+    trainer: Trainer, aggregate: Any, loader: Iterable[Any], phase: str, limit_arg: Any
+) -> dict[str, float]:
     """Run one validation or test phase under ``torch.inference_mode()`` and emit its events.
 
     Returns:

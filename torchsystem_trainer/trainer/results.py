@@ -71,12 +71,13 @@ class PhaseResults:
         self.count = 0  # samples seen
 
     def update(self, loss: Tensor, size: int, predictions: Any, targets: Any) -> None:
-        """Record one batch: ``loss`` ``[]`` (its mean over the batch), ``size`` samples, and the metric inputs.
+        """Record one batch: ``loss`` ``[]`` (its mean over the batch, without a graph: detached, or made
+        under inference mode; it is kept until the phase's losses are folded), ``size`` samples, and the metric inputs.
 
         Raises:
             ValueError: when metrics are configured and the batch has no targets.
         """
-        self.losses.append(loss.detach())
+        self.losses.append(loss)
         self.sizes.append(size)
         self.count += size
         if len(self.losses) >= _FOLD:
