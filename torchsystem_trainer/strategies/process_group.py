@@ -63,8 +63,10 @@ def join_group(
         options["init_method"] = "env://"
     else:
         options["store"] = store
-    if rank is not None and world_size is not None:
-        options.update(rank=rank, world_size=world_size)
+    if rank is not None:
+        options["rank"] = rank
+    if world_size is not None:
+        options["world_size"] = world_size
     if device.type == "cuda":
         torch.cuda.set_device(device)
         if backend == "nccl":
