@@ -89,8 +89,8 @@ def test_validate_test_and_predict(classifier, data):
     assert trainer.test(classifier, [("test", data)]) == results
     predictions = trainer.predict(classifier, [inputs for inputs, _ in data])
     assert len(predictions) == len(data) and predictions[0].shape == (4, 2)
-    with torch.no_grad():
-        assert torch.equal(torch.cat(predictions), classifier(torch.cat([x for x, _ in data])))
+    with torch.no_grad():  # batch by batch: a matmul over all rows at once may round differently on some CPUs
+        assert all(torch.equal(p, classifier(x)) for p, (x, _) in zip(predictions, data))
     assert recorder.names() == (
         ["PhaseStarted"] + ["BatchValidated"] * 4 + ["Validated"]
         + ["PhaseStarted"] + ["BatchTested"] * 4 + ["Tested"]
