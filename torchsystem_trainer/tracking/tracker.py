@@ -91,21 +91,16 @@ class Tracker:
 
     def experiments(self) -> Records[Experiment]:
         """Every experiment, oldest first, with its number of runs."""
-        count = func.count(runs.c.id)
-        query = (select(experiments.c.name, experiments.c.created_at, count)
-                 .outerjoin(runs, runs.c.experiment_id == experiments.c.id)
-                 .group_by(experiments.c.id, experiments.c.name, experiments.c.created_at)
-                 .order_by(experiments.c.id))
+        count = select(func.count()).where(runs.c.experiment_id == experiments.c.id).scalar_subquery()
+        query = select(experiments.c.name, experiments.c.created_at, count).order_by(experiments.c.id)
         return Records((Experiment(name, to_datetime(at), int(n)) for name, at, n in self._all(query)),  # type: ignore[arg-type]
                        Experiment)
 
     def models(self) -> Records[Model]:
         """Every model, oldest first, with its epochs completed, steps and number of runs."""
-        count = func.count(runs.c.id)
-        columns = (models.c.hash, models.c.name, models.c.arguments, models.c.epoch, models.c.step,
-                   models.c.created_at, models.c.updated_at)
-        query = (select(*columns, count).outerjoin(runs, runs.c.model_id == models.c.id)
-                 .group_by(models.c.id, *columns).order_by(models.c.id))
+        count = select(func.count()).where(runs.c.model_id == models.c.id).scalar_subquery()
+        query = select(models.c.hash, models.c.name, models.c.arguments, models.c.epoch, models.c.step,
+                       models.c.created_at, models.c.updated_at, count).order_by(models.c.id)
         return Records((Model(h, n, dict(a), int(e), int(s), to_datetime(c), to_datetime(u), int(k))  # type: ignore[arg-type]
                         for h, n, a, e, s, c, u, k in self._all(query)), Model)
 
