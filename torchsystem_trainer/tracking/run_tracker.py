@@ -146,6 +146,20 @@ class RunTracker(Callback):
             self._writer.submit(description, unit)
             self._next_beat = time.monotonic() + self.heartbeat_interval
 
+    def flush(self) -> bool:
+        """Write now what the store did not accept before (bounded retries); a fit's end and the next fit do it
+        too.
+
+        Returns:
+            Whether nothing is left in memory.
+        """
+        return True if self._writer is None else self._writer.flush()
+
+    @property
+    def pending(self) -> int:
+        """Units of work kept in memory because the store did not accept them yet."""
+        return 0 if self._writer is None else len(self._writer.pending)
+
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (a data-parallel launcher sends callbacks to its processes): the engine and the rows kept in
         memory stay in this process; a process opens the store again at its fit's start."""
