@@ -69,6 +69,11 @@ class Dependency:
         self.dependency = dependency
         self.use_cache = use_cache
 
+    @property
+    def callable(self) -> Callable[..., Any]:
+        """``dependency``, under the name torchsystem 1.4.9's ``Dependency`` gives it."""
+        return self.dependency
+
     def __repr__(self) -> str:
         return f"Depends({_name_of(self.dependency)})"
 
