@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar, cast
 
-from torch import compile as compile  # noqa: A004 (re-exported under the seed's name)
+from torch import compile as compile  # re-exported under the seed's name
 
 from torchsystem_trainer.depends import Depends as Depends
 from torchsystem_trainer.depends import Injector, Provider, inject

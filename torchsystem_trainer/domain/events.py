@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeAlias, Union
+from typing import Any, TypeAlias
 
 __all__ = ["Event", "Events"]
 
@@ -28,7 +28,7 @@ class Event:
     """
 
 
-DomainEvent: TypeAlias = Union[Event, type[Event], BaseException, type[BaseException], object]
+DomainEvent: TypeAlias = Event | type[Event] | BaseException | type[BaseException] | object
 Handler: TypeAlias = Callable[..., Any]
 
 

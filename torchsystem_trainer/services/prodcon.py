@@ -36,7 +36,7 @@ _CONTAINERS = (list, tuple, set, frozenset)
 _CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def event_key(name: str) -> str:
     """The default key of an event class name: kebab case, as torchsystem 1.4.9's Consumer makes it.
 
