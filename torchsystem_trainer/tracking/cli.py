@@ -42,12 +42,12 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     Returns:
         The table, one line per row after the header, no trailing spaces.
     """
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     numeric = [all(_is_number(row[i]) for row in rows if row[i] != "") and any(row[i] for row in rows)
                for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).rjust(w) if n else str(c).ljust(w) for c, w, n in zip(cells, widths, numeric)).rstrip()
+        return "  ".join(str(c).rjust(w) if n else str(c).ljust(w) for c, w, n in zip(cells, widths, numeric, strict=True)).rstrip()
 
     return "\n".join([line(header), *(line(row) for row in rows)])
 
@@ -139,10 +139,10 @@ def _command(tracker: Tracker, options: argparse.Namespace) -> str:
     if command == "metrics":
         if (options.run is None) == (options.model is None):
             raise ValueError("metrics: give a RUN or --model HASH (one of them)")
-        found = tracker.metrics(options.run, model=options.model, phase=options.phase, name=options.name)
-        columns = sorted({f"{m.phase}/{m.name}" for m in found})
+        values_of = tracker.metrics(options.run, model=options.model, phase=options.phase, name=options.name)
+        columns = sorted({f"{m.phase}/{m.name}" for m in values_of})
         table: dict[tuple[str, int], dict[str, float]] = {}
-        for m in found:
+        for m in values_of:
             table.setdefault((m.run, m.epoch), {})[f"{m.phase}/{m.name}"] = m.value
         return format_table(["RUN", "EPOCH", *columns],
                             [[run[:8], str(epoch), *(f"{values[c]:.6g}" if c in values else "" for c in columns)]

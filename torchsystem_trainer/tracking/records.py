@@ -9,7 +9,7 @@ counts training batches.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def to_datetime(milliseconds: int | None) -> datetime | None:
     """A UTC ``datetime`` from the store's milliseconds since the Unix epoch (``None`` stays ``None``)."""
     if milliseconds is None:
         return None
-    return datetime.fromtimestamp(milliseconds / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(milliseconds / 1000, tz=UTC)
 
 
 class Records(tuple, Generic[_R]):  # type: ignore[type-arg]

@@ -192,7 +192,7 @@ class RunTracker(Callback):
         ))
         if resume:  # a checkpoint written as the last fit ended (an interruption's last.ckpt) is seen only now
             self._observe_checkpoints(trainer, aggregate)
-            if self._files:
+            if self._files and self.run_id is not None:
                 self._submit("checkpoints", units.record_checkpoints(self.run_id, self._take_files(), now_ms()))
 
     def on_epoch_started(self, event: EpochStarted) -> None:
@@ -228,7 +228,7 @@ class RunTracker(Callback):
             return
         trainer = event.trainer
         self._submit(f"end of epoch {event.epoch}", units.write_epoch(
-            self.run_id, self._model_hash, int(event.aggregate.epoch), trainer.progress.step, self._checkpoint_dir,
+            self.run_id, self._model_hash, _epoch(event.aggregate), trainer.progress.step, self._checkpoint_dir,
             self._take_files(), now_ms(),
         ))
 
@@ -243,7 +243,7 @@ class RunTracker(Callback):
         trainer = event.trainer
         self._observe_checkpoints(trainer, event.aggregate)
         self._submit(f"end of the run ({event.reason})", units.end_run(
-            self.run_id, _STATUS[event.reason], event.reason, int(event.aggregate.epoch), trainer.progress.step,
+            self.run_id, _STATUS[event.reason], event.reason, _epoch(event.aggregate), trainer.progress.step,
             self._take_files(), now_ms(), self.stale_after,
         ))
         self._active = False
@@ -287,7 +287,7 @@ class RunTracker(Callback):
         if not self._active or self.run_id is None:
             return
         trainer = event.trainer
-        epoch = int(event.aggregate.epoch)  # the domain's epoch: the 0-based index of the epoch running
+        epoch = _epoch(event.aggregate)  # the domain's epoch: the 0-based index of the epoch running
         # The Trainer keeps the fit's loaders privately and no event carries them; read them without changing
         # anything, and record the phase without a loader when the attribute is not there.
         loaders = getattr(trainer, "_loaders", None)
@@ -337,7 +337,7 @@ class RunTracker(Callback):
                     continue
                 self._seen[path] = signature
                 self._files.append({
-                    "path": str(path), "epoch": int(aggregate.epoch), "step": trainer.progress.step,
+                    "path": str(path), "epoch": _epoch(aggregate), "step": trainer.progress.step,
                     "monitor": getattr(callback, "monitor", None) if path in kept else None,
                     "score": None if score is None else float(score),
                 })
@@ -361,6 +361,12 @@ class RunTracker(Callback):
         self._loaded_run_id = run_id if isinstance(run_id, str) and run_id else None
         if self._loaded_run_id is not None:
             self.run_id = self._loaded_run_id
+
+
+def _epoch(aggregate: Any) -> int:
+    """The aggregate's ``epoch`` (epochs completed; the 0-based index of the epoch running) as an int, also when
+    it is a tensor buffer."""
+    return int(aggregate.epoch)
 
 
 def _parsed(url: str) -> Any:

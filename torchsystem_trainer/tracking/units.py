@@ -68,7 +68,7 @@ def mark_crashed(connection: Connection, now: int, stale_after: float, keep: str
     on this host in a process that no longer exists (``keep``: a run id to leave alone)."""
     cutoff = now - int(stale_after * 1000)
     running = runs.c.status == "running"
-    others = runs.c.id != keep if keep is not None else True
+    others = runs.c.id != (keep or "")  # run ids are 32 hex digits: "" matches none
     connection.execute(update(runs).where(running, others, runs.c.heartbeat_at < cutoff).values(status="crashed"))
     local = connection.execute(select(runs.c.id, runs.c.pid).where(running, others, runs.c.host == HOST)).all()
     dead = [run_id for run_id, pid in local if pid != os.getpid() and not is_process_alive(pid)]

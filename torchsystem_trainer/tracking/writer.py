@@ -99,7 +99,7 @@ class Writer:
             try:
                 with self.engine.begin() as connection:
                     unit(connection)
-            except Exception as error:  # noqa: BLE001 - a failing store never stops training
+            except Exception as error:  # a failing store never stops training
                 if not (isinstance(error, SQLAlchemyError) and _transient(error)):
                     self.pending.popleft()
                     warnings.warn(f"{self.owner}: dropped the {description} for the run store at {self.url}: "
