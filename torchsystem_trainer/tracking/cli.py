@@ -47,7 +47,8 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
                for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).rjust(w) if n else str(c).ljust(w) for c, w, n in zip(cells, widths, numeric, strict=True)).rstrip()
+        aligned = (str(c).rjust(w) if n else str(c).ljust(w) for c, w, n in zip(cells, widths, numeric, strict=True))
+        return "  ".join(aligned).rstrip()
 
     return "\n".join([line(header), *(line(row) for row in rows)])
 
