@@ -15,7 +15,7 @@ times; times as integer milliseconds since the Unix epoch, UTC)::
                      created_at)                                                one row per change, never updated
     iterations      (id, run_id, epoch, phase, step, dataset, dataset_name, dataset_hash, dataset_arguments,
                      samples, batches, batch_size, shuffle, created_at)        (run_id, epoch, phase) unique
-    metrics         (id, run_id, phase, epoch, step, name, value)               (run_id, phase, epoch, step, name)
+    metrics         (id, run_id, phase, epoch, step, name, value)               (run_id, epoch, step, phase, name)
                                                                                 unique; value NULL means NaN
     checkpoints     (id, run_id, path, epoch, step, monitor, score, created_at, updated_at)
                                                                                 (run_id, path) unique
@@ -184,7 +184,7 @@ metrics = Table(
     Column("step", BigInteger, nullable=False),
     Column("name", Text, nullable=False),
     Column("value", Float(precision=53)),  # NULL: NaN (SQLite stores a NaN as NULL anyway)
-    UniqueConstraint("run_id", "phase", "epoch", "step", "name"),
+    UniqueConstraint("run_id", "epoch", "step", "phase", "name"),  # also the order Tracker.metrics reads in
 )
 
 checkpoints = Table(
