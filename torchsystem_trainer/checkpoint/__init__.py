@@ -4,7 +4,9 @@ from torchsystem_trainer.checkpoint.aggregate import (
     aggregate_state,
     check_aggregate_state,
     check_plain,
+    describe_mismatch,
     load_aggregate_state,
+    network_identities,
 )
 from torchsystem_trainer.checkpoint.io import CheckpointError, load_file, save_atomic, verify_archive
 from torchsystem_trainer.checkpoint.resume import EpochStart, TrainPosition
@@ -15,12 +17,21 @@ from torchsystem_trainer.checkpoint.state import (
     VERSION,
     callback_keys,
     checkpoint_state,
+    library_version,
     read_checkpoint,
     resolve_checkpoint_path,
     restore,
 )
+from torchsystem_trainer.checkpoint.weights import (
+    AVERAGED_KEY,
+    UnknownModelError,
+    load_model,
+    load_weights,
+    weights_state,
+)
 
 __all__ = [
+    "AVERAGED_KEY",
     "FORMAT",
     "STOP_SIGNALS",
     "VERSION",
@@ -28,13 +39,19 @@ __all__ = [
     "EpochStart",
     "StopSignals",
     "TrainPosition",
+    "UnknownModelError",
     "aggregate_state",
     "callback_keys",
     "check_aggregate_state",
     "check_plain",
     "checkpoint_state",
+    "describe_mismatch",
     "load_aggregate_state",
+    "library_version",
     "load_file",
+    "load_model",
+    "load_weights",
+    "network_identities",
     "load_rng_state",
     "read_checkpoint",
     "resolve_checkpoint_path",
@@ -42,4 +59,5 @@ __all__ = [
     "rng_state",
     "save_atomic",
     "verify_archive",
+    "weights_state",
 ]
