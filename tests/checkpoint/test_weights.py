@@ -144,7 +144,7 @@ def test_model_checkpoint_save_weights_only_writes_weights_only_files(tmp_path):
         state = read_checkpoint(path)
         assert state["weights_only"] is True and "loop" not in state and "optimizers" not in state["aggregate"]
     assert equal(read_checkpoint(checkpoint.last_model_path)["aggregate"]["modules"], aggregate.state_dict())
-    with pytest.raises(ValueError, match="save_weights_only=True writes weights-only checkpoints"):
+    with pytest.raises(CheckpointError, match="last.ckpt' is a weights-only checkpoint"):
         fit(build(), 3, callbacks=[checkpoint], ckpt="last")
     # validate/test take a weights-only checkpoint: its weights, not its (absent) optimizer state
     fresh = build(seed=9)

@@ -76,7 +76,7 @@ class ModelCheckpoint(Callback):
         save_weights_only: every file holds only the weights (:func:`~torchsystem_trainer.checkpoint.weights_state`:
             the aggregate's modules, epoch and identity, and the averaged weights of ``EMA``/``SWA``), for
             ``load_weights``, ``load_model`` and ``validate``/``test(ckpt_path=...)``; such files cannot resume a fit,
-            so ``ckpt_path="last"`` is refused (Lightning's ``save_weights_only``).
+            so ``fit(ckpt_path=...)`` refuses them (Lightning's ``save_weights_only``).
 
     A fit stopped by ``SIGTERM`` or ``SIGINT`` (``FitEnded`` with reason ``"interrupted"`` and no
     ``ExceptionRaised``: the loop stopped between two steps) always writes ``last.ckpt``, whatever ``save_last``,
@@ -215,14 +215,15 @@ class ModelCheckpoint(Callback):
         Returns:
             The path, or ``None`` when there is none (so one command both starts and resumes a run).
 
+            With ``save_weights_only`` ``"last"`` is ``last.ckpt`` when it exists (weights-only files hold no
+            progress to rank by); ``validate``/``test`` load it, ``fit`` refuses it (it cannot resume).
+
         Raises:
-            ValueError: for another ``which``, or ``"last"`` with ``save_weights_only`` (those files cannot resume).
+            ValueError: for another ``which``.
         """
         if which == "last" and self.save_weights_only:
-            raise ValueError(
-                f"{self._owner}: ckpt_path='last' resumes a fit, but save_weights_only=True writes weights-only "
-                f"checkpoints, which cannot; load their weights with load_weights(aggregate, path)"
-            )
+            last = self._resolve(trainer) / f"{self.LAST_NAME}{EXTENSION}"
+            return last if last.is_file() else None
         if which == "best":
             if self.best_model_path:
                 return Path(self.best_model_path)
