@@ -160,6 +160,12 @@ class Trainer:
         return self.progress.global_step
 
     @property
+    def train_dataloader(self) -> Iterable[Any] | None:
+        """The training loader of the fit running now, as the strategy prepared it (Lightning's name); ``None``
+        outside a fit."""
+        return self._loaders.get("train")
+
+    @property
     def is_global_zero(self) -> bool:
         """Whether this process has global rank 0 (the strategy's)."""
         return self.strategy.is_global_zero
