@@ -10,7 +10,7 @@ from torchsystem_trainer.checkpoint.aggregate import (
 )
 from torchsystem_trainer.checkpoint.io import CheckpointError, load_file, save_atomic, verify_archive
 from torchsystem_trainer.checkpoint.resume import EpochStart, TrainPosition
-from torchsystem_trainer.checkpoint.rng import load_rng_state, rng_state
+from torchsystem_trainer.checkpoint.rng import generator_states, load_generator_states, load_rng_state, rng_state
 from torchsystem_trainer.checkpoint.signals import STOP_SIGNALS, StopSignals
 from torchsystem_trainer.checkpoint.state import (
     FORMAT,
@@ -46,9 +46,11 @@ __all__ = [
     "check_plain",
     "checkpoint_state",
     "describe_mismatch",
+    "generator_states",
     "load_aggregate_state",
     "library_version",
     "load_file",
+    "load_generator_states",
     "load_model",
     "load_weights",
     "network_identities",
