@@ -156,8 +156,9 @@ def test_suggestion_is_the_steepest_descent_of_the_smoothed_loss():
     lrs = [10.0 ** (i / 4 - 4) for i in range(16)]
     losses = [2.0] * 4 + [2.0, 1.9, 1.5, 0.6, 0.5, 0.45, 0.44, 0.43, 0.5, 1.0, 3.0, 9.0]
     finder = LRFinder("exponential", {"lr": lrs, "loss": losses})
-    gradient = torch.gradient(torch.tensor(losses[2:15], dtype=torch.float64), spacing=[torch.tensor(lrs[2:15], dtype=torch.float64)])[0]
-    assert finder.suggestion(skip_begin=2, skip_end=1) == lrs[2 + int(torch.argmin(gradient))]
+    assert finder.suggestion(skip_begin=2, skip_end=1) == lrs[6]  # 1.9 -> 1.5 -> 0.6: the steepest fall, on log(lr)
+    linear = LRFinder("linear", {"lr": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], "loss": [3.0, 2.9, 2.0, 1.95, 1.8, 5.0]})
+    assert linear.suggestion(skip_begin=0, skip_end=1) == 0.1  # gradients -1, -5, -4.75, -1, -1.5
     with pytest.warns(UserWarning, match="1 usable point"):
         assert LRFinder("linear", {"lr": lrs[:12], "loss": losses[:12]}).suggestion() is None
 

@@ -53,9 +53,11 @@ class LRFinder:
         self._optimal_index: int | None = None
 
     def suggestion(self, skip_begin: int = 10, skip_end: int = 1) -> float | None:
-        """The learning rate where the smoothed loss falls fastest: the minimum of its gradient with respect to
-        the learning rate (``torch.gradient``), ignoring the first ``skip_begin`` and last ``skip_end`` points and
-        any non-finite loss (Lightning's ``suggestion``).
+        """The learning rate where the smoothed loss falls fastest: the minimum of its gradient (``torch.gradient``)
+        with respect to the learning rate's axis as plotted, ``log(lr)`` in ``"exponential"`` mode (as fastai's
+        ``steep`` suggestion; Lightning differentiates with respect to ``lr`` itself, where the noise of the first,
+        closely spaced small rates dominates) and ``lr`` in ``"linear"`` mode, ignoring the first ``skip_begin``
+        and last ``skip_end`` points and any non-finite loss (Lightning's arguments).
 
         Returns:
             The rate, or ``None`` (with a warning) when fewer than two points remain.
@@ -74,6 +76,8 @@ class LRFinder:
             return None
         losses = torch.tensor([self.results["loss"][i] for i in indexes], dtype=torch.float64)
         rates = torch.tensor([self.results["lr"][i] for i in indexes], dtype=torch.float64)
+        if self.mode == "exponential":
+            rates = rates.log()
         gradient = torch.gradient(losses, spacing=[rates])[0]
         self._optimal_index = indexes[int(torch.argmin(gradient))]
         return self.results["lr"][self._optimal_index]
