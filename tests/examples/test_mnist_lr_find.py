@@ -9,6 +9,7 @@ import pytest
 from examples.mnist.cli import LRSearch, main
 
 
+@pytest.mark.slow
 def test_lr_find_prints_the_suggestion_and_writes_the_plot(tmp_path: Path, capsys) -> None:
     pytest.importorskip("matplotlib")
     search = main(["--lr-find", "--runs-dir", str(tmp_path), "--no-progress-bar"])
