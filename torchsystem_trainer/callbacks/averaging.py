@@ -51,7 +51,7 @@ class AveragedWeights:
         aggregate: Module,
         *,
         use_buffers: bool,
-        device: torch.device | str | None = None,
+        device: torch.device | None = None,
         multi_avg_fn: Callable[..., None] | None = None,
     ) -> None:
         persistent = aggregate.state_dict(keep_vars=True)

@@ -199,7 +199,7 @@ class StochasticWeightAveraging(Callback):
         assert self._optimizer is not None
         self.scheduler = SWALR(
             self._optimizer,
-            swa_lr=self.swa_lrs,
+            swa_lr=self.swa_lrs,  # type: ignore[arg-type]  # torch accepts one rate per group too
             anneal_epochs=self.annealing_epochs,
             anneal_strategy=self.annealing_strategy,
         )

@@ -111,7 +111,7 @@ def _averaged(state: dict[str, Any], which: bool | str, source: str) -> dict[str
 def _weights_of(path: str | os.PathLike[str], averaged: bool | str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """``(checkpoint, module weights, source)`` of a checkpoint file."""
     source = repr(str(path))
-    state = read_checkpoint(path)
+    state = read_checkpoint(Path(path))
     modules = _averaged(state, averaged, source) if averaged else state["aggregate"].get("modules")
     if not isinstance(modules, Mapping):
         raise CheckpointError(f"{source} has no module weights")
@@ -271,7 +271,7 @@ def load_model(
         UnknownModelError: (a ``KeyError``) when the name is not in ``registry``, listing the registry's names.
     """
     source = repr(str(path))
-    state = read_checkpoint(path)
+    state = read_checkpoint(Path(path))
     networks = state["aggregate"].get("networks") or {}
     if not networks:
         raise CheckpointError(
