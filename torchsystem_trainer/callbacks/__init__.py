@@ -14,20 +14,20 @@ from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 from torchsystem_trainer.callbacks.timer import Timer
 
 __all__ = [
+    "EMA",
     "HOOKS",
     "Callback",
     "CallbackHookError",
-    "hook_name",
+    "EarlyStopping",
+    "History",
     "LearningRateMonitor",
+    "ModelCheckpoint",
+    "MonitorError",
     "NaNDetector",
     "NonFiniteError",
     "ProgressBar",
-    "TensorBoardLogger",
-    "EarlyStopping",
-    "EMA",
-    "History",
-    "ModelCheckpoint",
-    "MonitorError",
     "StochasticWeightAveraging",
+    "TensorBoardLogger",
     "Timer",
+    "hook_name",
 ]

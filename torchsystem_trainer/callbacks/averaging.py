@@ -11,6 +11,7 @@ to the aggregate's ``state_dict`` names, so the averaged weights are saved, rest
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+
 import torch
 from torch import Tensor
 from torch.nn import Module, ParameterList

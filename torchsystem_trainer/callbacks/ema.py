@@ -173,7 +173,9 @@ class EMA(Callback):
             ValueError: when the state was saved with another ``decay`` (the average would not continue).
         """
         if float(state["decay"]) != self.decay:
-            raise ValueError(f"EMA: the checkpoint's average used decay={state['decay']!r}, this EMA has {self.decay!r}")
+            raise ValueError(
+                f"EMA: the checkpoint's average used decay={state['decay']!r}, this EMA has {self.decay!r}"
+            )
         self._loaded = {
             "averaged_weights": state["averaged_weights"],
             "n_averaged": int(state["n_averaged"]),

@@ -61,7 +61,7 @@ def weights_state(aggregate: Module, callbacks: Sequence[Any] = ()) -> dict[str,
         TypeError: when a value could not be read back by ``weights_only`` loading (see ``check_plain``).
     """
     averaged = {}
-    for key, callback in zip(callback_keys(list(callbacks)), callbacks):
+    for key, callback in zip(callback_keys(list(callbacks)), callbacks, strict=True):
         weights = getattr(callback, "averaged_weights", None)
         found = weights() if callable(weights) else None
         if found is not None:

@@ -63,9 +63,11 @@ class TrainingSnapshot:
         load_aggregate_state(aggregate, copy.deepcopy(self.state), "the snapshot")
         if self.epoch is _UNSET:
             aggregate.__dict__.pop("epoch", None)
-        for module, training in zip(aggregate.modules(), self.training):
+        for module, training in zip(aggregate.modules(), self.training, strict=False):
             module.training = training
-        for loader, states, epoch, iterator in zip(self.loaders, self.generators, self.sampler_epochs, self.iterators):
+        for loader, states, epoch, iterator in zip(
+            self.loaders, self.generators, self.sampler_epochs, self.iterators, strict=True
+        ):
             load_generator_states(loader, states, "a loader")
             if epoch is not None:
                 loader.sampler.epoch = epoch
