@@ -106,7 +106,7 @@ class EMA(Callback):
 
     def on_batch_trained(self, event: BatchTrained) -> None:
         """Update the average after every ``every_n_steps``-th optimizer step (once per step under accumulation)."""
-        step = event.trainer.progress.global_step
+        step = event.trainer.global_step
         if step == self._last_update_step or step % self.every_n_steps or self.averaged is None:
             return
         self.averaged.update_ema()

@@ -164,7 +164,7 @@ class LRSearch(Callback):
         trainer = event.trainer
         self._sum = event.loss.float() if self._sum is None else self._sum + event.loss.float()
         self._batches += 1
-        step = trainer.progress.global_step
+        step = trainer.global_step
         if step == self._seen:  # inside an accumulation window
             return
         self._seen = step
