@@ -10,6 +10,7 @@ its baseline's and the median of the per-round ratios, the per-step overhead in 
 * ``trainer / raw <= 1.02`` on the MLP and the CNN;
 * ``trainer-std / raw-full <= 1.05`` (the standard set against a hand-written loop doing the same work:
   validation, metric, TensorBoard scalars, a checkpoint per epoch);
+* ``trainer-tracked / trainer-std <= 1.01`` on the MLP (the standard set plus ``RunTracker`` on SQLite);
 * ``lightning / trainer >= 1.25`` on the MLP;
 * the bare Trainer's final weights bit-identical (``torch.equal``) to the raw loop's;
 * ``import torchsystem_trainer`` at most 0.15 s over ``import torch`` (:mod:`benchmarks.import_time`).
@@ -55,16 +56,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BASELINES = {
     "trainer": "raw",
     "trainer-std": "raw-full",
+    "trainer-tracked": "trainer-std",
     "lightning": "raw",
     "lightning-full": "raw-full",
 }
 PARITY = {
     "trainer": "raw",
     "trainer-std": "raw-full",
+    "trainer-tracked": "raw-full",
     "lightning": "raw",
     "lightning-full": "raw-full",
 }
 BUDGET_BARE, BUDGET_STD, BUDGET_LIGHTNING = 1.02, 1.05, 1.25
+BUDGET_TRACKED = 1.01  # issue 14: the standard set plus RunTracker on SQLite against the standard set alone
 
 
 def _base(label: str) -> str:
@@ -277,6 +281,9 @@ def _verdicts(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             lines.append(line(workload, f"{label} / raw", of(summary[label]), BUDGET_BARE, judged))
         for label in [label for label in summary if _base(label) == "trainer-std" and "ratio" in summary[label]]:
             lines.append(line(workload, f"{label} / raw-full", of(summary[label]), BUDGET_STD, True))
+        for label in [label for label in summary if _base(label) == "trainer-tracked" and "ratio" in summary[label]]:
+            judged = True if workload == "mlp" else None
+            lines.append(line(workload, f"{label} / trainer-std", of(summary[label]), BUDGET_TRACKED, judged))
         for ours, theirs in (("trainer", "lightning"), ("trainer-std", "lightning-full")):
             for label in [label for label in summary if _base(label) == ours]:
                 if theirs not in summary:

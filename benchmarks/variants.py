@@ -21,6 +21,8 @@ Variants (all train the same network from the same seed on the same batches, in 
 ``trainer-std``     the Trainer with the standard set: ``EarlyStopping``, ``ModelCheckpoint`` (every epoch,
                     all kept), ``TensorBoardLogger`` (default ``log_every_n_steps=50``), the metric, and the
                     validation loader.
+``trainer-tracked`` ``trainer-std`` plus ``RunTracker`` writing the run store to a SQLite file (a new run per
+                    fit; the aggregate gets an identity with ``initialize``). Measured against ``trainer-std``.
 ``lightning``       Lightning 2.x (``lightning`` or ``pytorch_lightning``) with logging, checkpointing, the
                     progress bar and the model summary off.
 ``lightning-full``  Lightning with the same standard set as ``trainer-std`` (``self.log`` of the loss and the
@@ -265,7 +267,7 @@ def _trainer(workload: Workload, data: Data, device: torch.device, tmp: Path) ->
 
 
 def _trainer_std(
-    workload: Workload, data: Data, device: torch.device, tmp: Path
+    workload: Workload, data: Data, device: torch.device, tmp: Path, tracked: bool = False
 ) -> tuple[nn.Module, Callable[[], None]]:
     import torch.utils.tensorboard  # noqa: F401  # imported outside the timed region, as for raw-full
 
@@ -274,15 +276,21 @@ def _trainer_std(
     from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
     from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 
+    if tracked:
+        from torchsystem_trainer.tracking import RunTracker  # imported outside the timed region too
     model = _aggregate(workload, device)
+    if tracked:
+        model.initialize(f"benchmark-{workload.name}")  # the store's key
     metric = workload.metric()
 
     def fit() -> None:
+        tracking = [RunTracker(f"sqlite:///{tmp / 'runs.db'}")] if tracked else []
         trainer = Trainer(
             callbacks=[
                 EarlyStopping(monitor="validation/loss", patience=workload.epochs + 1),
                 ModelCheckpoint(dirpath=tmp / "checkpoints", save_top_k=-1),
                 TensorBoardLogger(save_dir=tmp / "tensorboard", log_every_n_steps=LOG_EVERY_N_STEPS),
+                *tracking,
             ],
             metrics={workload.metric_name: metric},
             max_epochs=workload.epochs,
@@ -293,6 +301,12 @@ def _trainer_std(
         trainer.fit(model, [("train", data.train), ("validation", data.validation)])
 
     return model.nn, fit
+
+
+def _trainer_tracked(
+    workload: Workload, data: Data, device: torch.device, tmp: Path
+) -> tuple[nn.Module, Callable[[], None]]:
+    return _trainer_std(workload, data, device, tmp, tracked=True)
 
 
 # -- Lightning ------------------------------------------------------------------------------------------------
@@ -416,6 +430,7 @@ VARIANTS: dict[str, Callable[..., tuple[nn.Module, Callable[[], None]]]] = {
     "raw-full": _raw_full,
     "trainer": _trainer,
     "trainer-std": _trainer_std,
+    "trainer-tracked": _trainer_tracked,
     "lightning": _lightning,
     "lightning-full": _lightning_full,
 }
