@@ -96,7 +96,6 @@ def test_every_module_is_in_a_layer():
             _rank(layer)
 
 
-@pytest.mark.xfail(strict=True, reason="the Trainer imports its default progress bar (fixed in the redesign)")
 def test_imports_point_down_the_layers():
     upward = [
         f"{module} ({layer}) imports {target} ({_layer(target)})"
@@ -118,9 +117,7 @@ def test_imports_point_down_the_layers():
     ],
     ids=["framework", "checkpoint", "strategies", "trainer"],
 )
-def test_named_layers_never_import_the_ones_above(lower, upper, request):
-    if request.node.callspec.id == "trainer":
-        request.applymarker(pytest.mark.xfail(strict=True, reason="the default progress bar (fixed in the redesign)"))
+def test_named_layers_never_import_the_ones_above(lower, upper):
     wrong = [
         f"{module} imports {target}"
         for module, targets in GRAPH.items()
@@ -131,7 +128,6 @@ def test_named_layers_never_import_the_ones_above(lower, upper, request):
     assert wrong == []
 
 
-@pytest.mark.xfail(strict=True, reason="phases/trainer, strategy/binding, ddp/launchers (fixed in the redesign)")
 def test_no_import_cycles():
     """Depth-first search over the module graph; any back edge is a cycle (reported as the path around it)."""
     cycles: list[list[str]] = []

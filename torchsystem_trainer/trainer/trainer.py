@@ -13,12 +13,17 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
-import torch
 from torch.nn import Module
 
-from torchsystem_trainer.checkpoint import StopSignals, TrainPosition
+from torchsystem_trainer.checkpoint import (
+    StopSignals,
+    load_aggregate_state,
+    read_checkpoint,
+    resolve_checkpoint_path,
+    restore,
+)
 from torchsystem_trainer.events import (
     EndReason,
     EpochStarted,
@@ -38,9 +43,10 @@ from torchsystem_trainer.strategies import CLIP_ALGORITHMS, Strategy, resolve_st
 from torchsystem_trainer.trainer import arguments as check
 from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.loaders import normalize_loaders
-from torchsystem_trainer.trainer.phases import evaluate_phase, predict_phase, train_phase
+from torchsystem_trainer.trainer.loop_state import LoopState
+from torchsystem_trainer.trainer.phases import Run, evaluate_phase, predict_phase, train_phase
 from torchsystem_trainer.trainer.progress import Progress
-from torchsystem_trainer.trainer.results import PhaseResults, build_metrics
+from torchsystem_trainer.trainer.results import build_metrics
 from torchsystem_trainer.trainer.seeding import deterministic_algorithms, seed_everything
 
 __all__ = ["Trainer"]
@@ -87,6 +93,10 @@ class Trainer:
         ValueError: for an invalid value, naming the argument, the value and what is valid.
         TypeError: for a callback that is not a consumer, or an argument of the wrong type.
     """
+
+    default_progress_bar: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the progress bar ``enable_progress_bar`` adds: ``torchsystem_trainer.callbacks.ProgressBar``, set by
+    the package's ``__init__`` (the composition root), so this layer imports no callback."""
 
     def __init__(
         self,
@@ -136,18 +146,41 @@ class Trainer:
         self.callbacks: list[Consumer] = sorted(callbacks, key=lambda c: callable(getattr(c, "checkpoint_path", None)))
         self._subscriptions = check.subscriptions(self.callbacks)
 
-        self.progress = Progress()
-        self.should_stop = False
-        self.interrupted = False
-        self.received_signal: int | None = None
-        self.callback_metrics: dict[str, float] = {}
+        self.loop = LoopState()
         self._bus = EventBus([], [])
-        self._phase_results: dict[str, PhaseResults] = {}
-        self._loaders: dict[str, Iterable[Any]] = {}
-        self._position = TrainPosition()  # the training loader's epoch start, for exact mid-epoch resumes
-        self._signal_set_stop = False  # should_stop was set by SIGTERM/SIGINT (not saved in checkpoints)
+        self._run = Run(self, self.strategy, self._bus, self.loop)
 
-    # -- Lightning-style read-only views ----------------------------------------------------------------
+    # -- Lightning-style views ----------------------------------------------------------------------------
+
+    @property
+    def progress(self) -> Progress:
+        """The loop's counters (``loop.progress``): see :class:`Progress`."""
+        return self.loop.progress
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether the fit stops at the next step boundary; a callback sets it to stop the fit (Lightning's
+        ``trainer.should_stop``)."""
+        return self.loop.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.loop.should_stop = bool(value)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the last fit ended ``"interrupted"`` (a signal or a ``KeyboardInterrupt``)."""
+        return self.loop.interrupted
+
+    @property
+    def received_signal(self) -> int | None:
+        """The signal (``SIGTERM``, ``SIGINT``) that stopped the last fit, or ``None``."""
+        return self.loop.received_signal
+
+    @property
+    def callback_metrics(self) -> dict[str, float]:
+        """The last finished epoch's results, ``{"<phase>/<name>": float}`` (Lightning's name)."""
+        return self.loop.callback_metrics
 
     @property
     def current_epoch(self) -> int:
@@ -236,7 +269,7 @@ class Trainer:
         pairs = normalize_loaders(loaders, ("train", "validation"), "fit")
         if "train" not in dict(pairs):
             raise ValueError("Trainer.fit: loaders has no 'train' loader; give [('train', loader), ...]")
-        self.strategy.launch(self._fit, aggregate, pairs, ckpt_path)
+        self._launch(self._fit, aggregate, pairs, ckpt_path)
 
     def validate(
         self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
@@ -307,68 +340,106 @@ class Trainer:
         """
         check.aggregate(aggregate, (), "predict")
         (_, loader), = normalize_loaders(loader, ("predict",), "predict")
-        return self.strategy.launch(self._predict, aggregate, loader)
+        return self._launch(self._predict, aggregate, loader)
 
     # -- the run ----------------------------------------------------------------------------------------
 
+    def _launch(self, function: Callable[..., _R], *args: Any) -> _R:
+        """Run ``function(*args)`` in every process of the strategy (:meth:`Strategy.launch`); when it ran in other
+        processes (the strategy started them), apply rank 0's outcome to this Trainer: the loop's counters, stop
+        flags and ``callback_metrics``, the strategy's state and every stateful callback's (so ``ModelCheckpoint``'s
+        ``best_model_path`` is known here). The launcher itself brings back the result and the aggregate's state."""
+        outcome: _Outcome = self.strategy.launch(self._in_process, os.getpid(), function, *args)
+        if outcome.state is not None:
+            self._apply_outcome(outcome.state)
+        return outcome.result  # type: ignore[no-any-return]
+
+    def _in_process(self, caller: int, function: Callable[..., Any], *args: Any) -> _Outcome:
+        """What every process runs: ``function``; in a process other than the caller's, its outcome goes with the
+        result (a bound method of this Trainer: ``spawn`` pickles it with the Trainer)."""
+        result = function(*args)
+        return _Outcome(result, None if os.getpid() == caller else self._outcome_state())
+
+    def _outcome_state(self) -> dict[str, Any]:
+        loop = self.loop
+        return {
+            "progress": loop.progress.state_dict(),
+            "should_stop": loop.should_stop,
+            "stop_signalled": loop.stop_signalled,
+            "interrupted": loop.interrupted,
+            "received_signal": loop.received_signal,
+            "callback_metrics": dict(loop.callback_metrics),
+            "strategy": self.strategy.state_dict(),
+            "callbacks": [
+                callback.state_dict() if _is_stateful(callback) else None  # type: ignore[attr-defined]
+                for callback in self.callbacks
+            ],
+        }
+
+    def _apply_outcome(self, state: dict[str, Any]) -> None:
+        loop = self.loop
+        loop.progress.load_state_dict(state["progress"])
+        loop.should_stop, loop.stop_signalled = state["should_stop"], state["stop_signalled"]
+        loop.interrupted, loop.received_signal = state["interrupted"], state["received_signal"]
+        loop.callback_metrics = state["callback_metrics"]
+        self.strategy.load_state_dict(state["strategy"])
+        for callback, saved in zip(self.callbacks, state["callbacks"]):
+            if saved is not None:
+                callback.load_state_dict(saved)  # type: ignore[attr-defined]
+
     def _start(self, aggregate: Any) -> None:
-        """What every entry point does first, in every process: set up the strategy and the event bus."""
-        zero = self.strategy.is_global_zero
+        """What every entry point does first, in every process: set up the strategy, the event bus and the loop's
+        run."""
+        strategy = self.strategy
+        zero = strategy.is_global_zero
         kept = [
             (callback, table)
             for callback, table in zip(self.callbacks, self._subscriptions)
             if zero or not getattr(callback, "rank_zero_only", False)
         ]
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
-        self.strategy.configure(
+        strategy.configure(
             accumulate_grad_batches=self.accumulate_grad_batches,
             gradient_clip_val=self.gradient_clip_val,
             gradient_clip_algorithm=self.gradient_clip_algorithm,  # type: ignore[arg-type]
             on_gradients=self._on_gradients if self._bus.handlers(GradientsComputed) else None,
         )
-        self.strategy.setup(aggregate)
+        strategy.setup(aggregate)
         self._aggregate = aggregate
-        self._phase_results = {}
-
-    def _results_of(self, phase: str) -> PhaseResults:
-        results = self._phase_results.get(phase)
-        if results is None:
-            metrics = None if self.metrics is None else self.metrics.clone().to(self.strategy.root_device)
-            results = self._phase_results[phase] = PhaseResults(metrics, self.strategy.root_device)
-        return results
+        self.loop.begin(self.metrics, strategy.root_device, strategy.world_size, strategy.global_rank)
+        self._run = Run(self, strategy, self._bus, self.loop)
 
     def _on_gradients(self, optimizer: Any) -> None:
-        progress = self.progress
+        progress = self.loop.progress
         self._bus.emit(GradientsComputed, self, self._aggregate, progress.epoch, progress.step + 1, optimizer)
 
     def _fit(self, aggregate: Any, pairs: list[tuple[str, Iterable[Any]]], ckpt_path: Any) -> None:
         if self.seed is not None:
             seed_everything(self.seed)
-        self.should_stop = self.interrupted = self._signal_set_stop = False
-        self.received_signal = None
-        self.progress = Progress()
-        self.callback_metrics = {}
-        self._position = TrainPosition()
+        loop = self.loop
+        loop.reset()
         if "epoch" not in aggregate.__dict__:
             aggregate.__dict__["epoch"] = 0  # a first value, which fires no onepoch
         self._start(aggregate)
         reason: EndReason = "exception"
         bus = self._bus
-        with StopSignals(self._on_stop_signal) as signals:
+        with StopSignals(loop.on_signal) as signals:
             try:  # whatever happens from here, the strategy is torn down (inside StopSignals, as the fit runs)
                 # a loader the strategy refuses or a checkpoint that cannot be used fails the fit before it starts:
                 # no event (and a bad checkpoint changes nothing); the loaders come first, restoring reads them
                 loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
-                self._loaders = dict(loaders)
+                loop.loaders = dict(loaders)
                 if ckpt_path is not None:
-                    self._restore(aggregate, ckpt_path)
+                    path = resolve_checkpoint_path(self, ckpt_path)
+                    if path is not None:
+                        restore(self, aggregate, path)
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
                         reason = self._run_epochs(aggregate, loaders)
-                    self.interrupted = reason == "interrupted"
+                    loop.interrupted = reason == "interrupted"
                 except KeyboardInterrupt as error:
-                    reason, self.interrupted = "interrupted", True
+                    reason, loop.interrupted = "interrupted", True
                     bus.emit(ExceptionRaised, self, aggregate, error)
                     if signals.insisted:  # a second SIGINT while stopping: the user wants out now
                         raise
@@ -381,40 +452,15 @@ class Trainer:
                 self.strategy.teardown(aggregate)
                 # the trainer sits in reference cycles; a loader it kept would live until the cyclic GC, and a
                 # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
-                self._loaders = {}
-
-    def _on_stop_signal(self, signal_number: int) -> None:
-        """``SIGTERM``/``SIGINT`` during ``fit``: stop after the current training step (see ``StopSignals``)."""
-        self.received_signal = signal_number
-        if not self.should_stop:
-            self.should_stop = self._signal_set_stop = True
-
-    def _agree_to_stop(self, deadline: float | None) -> float | None:
-        """Under several processes, agree after each training batch on whether to stop, since a signal, a clock
-        or a callback may tell one process and not the others: the strongest request wins everywhere (one small
-        all-reduce and one host read per batch, paid only by data-parallel runs).
-
-        Returns:
-            The deadline to check next, ``0.0`` when some process's ``max_time`` ran out.
-        """
-        timed_out = deadline is not None and time.monotonic() >= deadline
-        local = 3 if timed_out else 2 if self._signal_set_stop else 1 if self.should_stop else 0
-        agreed = int(self.strategy.all_reduce(torch.tensor(local, device=self.strategy.root_device), "max").item())
-        if agreed == 3:
-            return 0.0
-        if agreed and not self.should_stop:
-            self.should_stop, self._signal_set_stop = True, agreed == 2
-        return deadline
-
-    def _stop_reason(self) -> EndReason:
-        return "interrupted" if self._signal_set_stop else "stopped"
+                loop.loaders = {}
 
     def _run_epochs(self, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]]) -> EndReason:
-        progress, bus = self.progress, self._bus
+        loop, run, bus = self.loop, self._run, self._bus
+        progress = loop.progress
         deadline = None if self.max_time is None else time.monotonic() + self.max_time
         reason: EndReason | None = None
-        if self.should_stop:  # restored from a checkpoint written as the fit was stopping, or a signal came
-            return self._stop_reason()
+        if loop.should_stop:  # restored from a checkpoint written as the fit was stopping, or a signal came
+            return loop.stop_reason()
         if self.max_steps is not None and self.max_steps <= progress.global_step:  # 0, or restored at its limit
             return "max_steps"
         while self.max_epochs is None or progress.epoch < self.max_epochs:
@@ -423,25 +469,27 @@ class Trainer:
             flat: dict[str, float] = {}
             for phase, loader in loaders:
                 if phase == "train":
-                    results, reason, cut_short = train_phase(self, aggregate, loader, deadline)
+                    results, reason, cut_short = train_phase(
+                        run, aggregate, loader, limit=self.limit_train_batches, max_steps=self.max_steps, deadline=deadline
+                    )
                     if reason == "interrupted":  # the epoch is unfinished: a resumed fit completes it
                         return reason
                     bus.emit(Trained, self, aggregate, epoch, results)
                 elif cut_short or (epoch + 1) % self.check_val_every_n_epoch:
                     continue
                 else:
-                    results = evaluate_phase(self, aggregate, loader, phase, self.limit_val_batches)
+                    results = evaluate_phase(run, aggregate, loader, phase, self.limit_val_batches)
                 flat.update({f"{phase}/{name}": value for name, value in results.items()})
-            self.callback_metrics = flat
+            loop.callback_metrics = flat
             progress.epoch, progress.batch = epoch + 1, 0
             try:
                 aggregate.epoch = aggregate.epoch + 1
             except StopIteration:  # the seed's early stopping: a StopIteration committed at onepoch
                 reason = reason or "stopped"
-                self.should_stop = True  # so a checkpoint written at Iterated records the stop
+                loop.should_stop = True  # so a checkpoint written at Iterated records the stop
             bus.emit(Iterated, self, aggregate, epoch, flat)
-            if reason is None and self.should_stop:
-                reason = self._stop_reason()
+            if reason is None and loop.should_stop:
+                reason = loop.stop_reason()
             if reason is not None:
                 return reason
         return "completed"
@@ -451,24 +499,22 @@ class Trainer:
         check.aggregate(aggregate, ("evaluate",), method)
         (_, loader), = normalize_loaders(loaders, (phase,), method)
         if ckpt_path is not None:
-            from torchsystem_trainer.checkpoint import load_aggregate_state, read_checkpoint, resolve_checkpoint_path
-
             path = resolve_checkpoint_path(self, ckpt_path)
             if path is None:
                 raise ValueError(f"Trainer.{method}: ckpt_path={ckpt_path!r}, but there is no checkpoint yet")
             load_aggregate_state(aggregate, read_checkpoint(path)["aggregate"], str(path))
-        return self.strategy.launch(self._run_evaluation, aggregate, loader, phase)  # a method: spawn pickles it
+        return self._launch(self._run_evaluation, aggregate, loader, phase)
 
     def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
         def run() -> dict[str, float]:
             limit = self.limit_val_batches if phase == "validation" else None
-            return evaluate_phase(self, aggregate, self.strategy.process_dataloader(loader, phase), phase, limit)
+            return evaluate_phase(self._run, aggregate, self.strategy.process_dataloader(loader, phase), phase, limit)
 
         return self._run_stage(aggregate, "validate" if phase == "validation" else "test", run)
 
     def _predict(self, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
         def run() -> list[Any]:
-            return predict_phase(self, aggregate, self.strategy.process_dataloader(loader, "predict"))
+            return predict_phase(self._run, aggregate, self.strategy.process_dataloader(loader, "predict"))
 
         return self._run_stage(aggregate, "predict", run)
 
@@ -497,18 +543,6 @@ class Trainer:
         finally:
             self.strategy.teardown(aggregate)
 
-    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.strategy.all_reduce(tensor, "sum") if self.strategy.world_size > 1 else tensor
-
-    # -- persistence ------------------------------------------------------------------------------------
-
-    def _restore(self, aggregate: Any, ckpt_path: Any) -> None:
-        from torchsystem_trainer.checkpoint import resolve_checkpoint_path, restore
-
-        path = resolve_checkpoint_path(self, ckpt_path)
-        if path is not None:
-            restore(self, aggregate, path)
-
     def _with_progress_bar(self, callbacks: list[Consumer], enabled: bool | None) -> list[Consumer]:
         has_bar = any(getattr(callback, "is_progress_bar", False) for callback in callbacks)
         if enabled is False and has_bar:
@@ -516,7 +550,23 @@ class Trainer:
         if enabled is None:
             enabled = sys.stderr.isatty()  # where tqdm draws
         if enabled and not has_bar:
-            from torchsystem_trainer.callbacks.progress_bar import ProgressBar  # the one upward import: a default
-
-            callbacks.append(ProgressBar())
+            factory = type(self).default_progress_bar
+            if factory is None:
+                raise ValueError(
+                    "enable_progress_bar=True, but no progress bar is known to the Trainer; import "
+                    "torchsystem_trainer (which provides torchsystem_trainer.callbacks.ProgressBar) or give one in "
+                    "callbacks"
+                )
+            callbacks.append(factory())
         return callbacks
+
+
+class _Outcome(NamedTuple):
+    """What a process's run hands back: ``result``, and the Trainer's outcome when it ran in another process."""
+
+    result: Any
+    state: dict[str, Any] | None
+
+
+def _is_stateful(callback: Any) -> bool:
+    return callable(getattr(callback, "state_dict", None)) and callable(getattr(callback, "load_state_dict", None))
