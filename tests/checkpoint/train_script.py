@@ -125,6 +125,13 @@ class Slow(Callback):
         time.sleep(self.seconds)
 
 
+class Report(Callback):
+    """Prints ``step <n>`` after each training step, so that a test driving this script can wait for a step."""
+
+    def on_batch_trained(self, event: Any) -> None:
+        print(f"step {event.step}", flush=True)
+
+
 class SignalAt(Callback):
     """Sends this process a signal after a chosen training step (delivered like one from outside)."""
 
@@ -170,7 +177,7 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
 
     Args:
         config: ``{"dirpath", "out", "workers", "augment", "persistent", "resume", "kill", "slow",
-            "signal": [number, step]}``.
+            "report", "signal": [number, step]}``.
         ready: an event to set once the imports are done and the fit is about to start.
     """
     torch.set_num_threads(1)
@@ -184,6 +191,8 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
         callbacks.append(Kill(kill["event"], kill.get("at")))
     if config.get("slow"):
         callbacks.append(Slow(float(config["slow"])))
+    if config.get("report"):
+        callbacks.append(Report())
     if config.get("signal"):
         callbacks.append(SignalAt(*config["signal"]))
     torch.manual_seed(0)

@@ -7,6 +7,7 @@ checkpointing and stopping rules belong to callbacks, which are consumers of the
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -61,7 +62,7 @@ class Trainer:
     Keras' ``epochs=1``; with only ``max_steps`` or ``max_time``, epochs repeat until that limit.
 
     Args:
-        callbacks: consumers of the events, dispatched in list order, except that checkpoint callbacks
+        callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
             (``ModelCheckpoint``) run after all others: ``Callback`` subclasses, or any ``Consumer`` (seed style,
             handlers with ``Depends``). Checked here: a ``Callback`` method that looks
             like a hook (``on_...``) but matches no event raises.
@@ -91,7 +92,9 @@ class Trainer:
 
     Raises:
         ValueError: for an invalid value, naming the argument, the value and what is valid.
-        TypeError: for a callback that is not a consumer, or an argument of the wrong type.
+        TypeError: for a callback that is not a consumer (or a callback class instead of an instance), an argument
+            of the wrong type, or a keyword this Trainer does not take (for a Lightning keyword such as
+            ``accelerator`` or ``logger``, the message says what to write here instead).
     """
 
     default_progress_bar: ClassVar[Callable[[], Consumer] | None] = None
@@ -100,7 +103,7 @@ class Trainer:
 
     def __init__(
         self,
-        callbacks: Sequence[Consumer] = (),
+        callbacks: Sequence[Consumer] | None = (),
         strategy: str | Strategy = "auto",
         max_epochs: int | None = None,
         max_steps: int | None = None,
@@ -118,7 +121,10 @@ class Trainer:
         seed: int | None = None,
         deterministic: bool = False,
         precision: str | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            check.unknown_keywords(unknown, [name for name in inspect.signature(Trainer).parameters if name != "unknown"])
         self.max_epochs = check.non_negative_int("max_epochs", max_epochs)
         self.max_steps = check.non_negative_int("max_steps", max_steps)
         self.max_time = check.seconds("max_time", max_time)
@@ -140,7 +146,7 @@ class Trainer:
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
-        callbacks = self._with_progress_bar(list(callbacks), enable_progress_bar)
+        callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
         # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
         # same event (Lightning does the same; its issue #1464).
         self.callbacks: list[Consumer] = sorted(callbacks, key=lambda c: callable(getattr(c, "checkpoint_path", None)))
