@@ -124,9 +124,10 @@ class PhaseResults:
             if reduce is not None:
                 pair = reduce(pair)
             loss_sum, count = pair.tolist()
-            if count:
-                results["loss"] = loss_sum / count
-        if self.metrics is not None and (total is not None or reduce is not None):
+            if not count:  # no process saw a sample: no results (torchmetrics would compute a default 0.0)
+                return results
+            results["loss"] = loss_sum / count
+        if self.metrics is not None and total is not None:
             for name, value in self.metrics.compute().items():
                 tensor = torch.as_tensor(value)
                 if tensor.numel() != 1:

@@ -11,15 +11,18 @@ import inspect
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+from torch import Tensor
 from torch.nn import Module
 
 from torchsystem_trainer.checkpoint import (
     StopSignals,
+    aggregate_epoch,
     load_aggregate_state,
     read_checkpoint,
     resolve_checkpoint_path,
@@ -58,8 +61,13 @@ _R = TypeVar("_R")
 class Trainer:
     """Trains, validates, tests and predicts with an aggregate, producing events for its callbacks.
 
-    With no limit at all (``max_epochs``, ``max_steps``, ``max_time`` all ``None``) a fit runs one epoch, as
-    Keras' ``epochs=1``; with only ``max_steps`` or ``max_time``, epochs repeat until that limit.
+    One epoch counter: the aggregate's ``epoch`` (epochs completed; 0 for an aggregate without one). A fit starts
+    at ``aggregate.epoch`` and ``max_epochs`` is the total the aggregate reaches, as in Lightning: an aggregate at
+    epoch 10 with ``max_epochs=12`` trains epochs 10 and 11; one already at 12 trains none (with a warning).
+    ``trainer.current_epoch`` and every event's ``epoch`` read the same number. With no limit at all
+    (``max_epochs``, ``max_steps``, ``max_time`` all ``None``) a fit trains one more epoch, as Keras'
+    ``epochs=1`` (an aggregate at epoch k ends at k + 1); with only ``max_steps`` or ``max_time``, epochs repeat
+    until that limit.
 
     Args:
         callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
@@ -68,7 +76,7 @@ class Trainer:
             like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
             ``"cuda"``, ``"mps"``, ``"ddp"``.
-        max_epochs: stop after this many epochs (>= 0).
+        max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``.
         max_steps: stop after this many optimizer steps (>= 0); with gradient accumulation a step spans
             ``accumulate_grad_batches`` batches.
         max_time: stop after this wall-clock time, checked after every training batch: seconds, a
@@ -81,7 +89,7 @@ class Trainer:
         check_val_every_n_epoch: run the validation phase on every n-th epoch (>= 1).
         limit_train_batches, limit_val_batches: run at most this many batches per epoch (an ``int``), or this
             fraction of the loader (a ``float`` in ``[0, 1]``).
-        fast_dev_run: ``True`` (or n): one epoch of 1 (or n) training and validation batches, to smoke-test a
+        fast_dev_run: ``True`` (or n): one more epoch of 1 (or n) training and validation batches, to smoke-test a
             set-up; ``ModelCheckpoint`` and ``TensorBoardLogger`` write nothing then.
         enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
         default_root_dir: where callbacks put files when not told otherwise (default ``./runs``).
@@ -137,10 +145,10 @@ class Trainer:
         fast = check.fast_dev_run(fast_dev_run)
         self.fast_dev_run: int = fast
         if fast:
-            self.max_epochs, self.max_steps, self.max_time = 1, None, None
+            self.max_epochs, self.max_steps, self.max_time = None, None, None
             self.limit_train_batches = self.limit_val_batches = fast
-        elif self.max_epochs is None and self.max_steps is None and self.max_time is None:
-            self.max_epochs = 1
+        # with no limit at all (or fast_dev_run), a fit trains one more epoch (Keras' epochs=1)
+        self._one_more_epoch = self.max_epochs is None and self.max_steps is None and self.max_time is None
         self.seed = None if seed is None else check.non_negative_int("seed", seed)
         self.deterministic = bool(deterministic)
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
@@ -275,7 +283,7 @@ class Trainer:
         pairs = normalize_loaders(loaders, ("train", "validation"), "fit")
         if "train" not in dict(pairs):
             raise ValueError("Trainer.fit: loaders has no 'train' loader; give [('train', loader), ...]")
-        self._launch(self._fit, aggregate, pairs, ckpt_path)
+        self._launch(self._fit, aggregate, _fit_order(pairs), ckpt_path)
 
     def validate(
         self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
@@ -413,6 +421,7 @@ class Trainer:
         strategy.setup(aggregate)
         self._aggregate = aggregate
         self.loop.begin(self.metrics, strategy.root_device, strategy.world_size, strategy.global_rank)
+        self.loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the one epoch counter: the aggregate's
         self._run = Run(self, strategy, self._bus, self.loop)
 
     def _on_gradients(self, optimizer: Any) -> None:
@@ -424,8 +433,8 @@ class Trainer:
             seed_everything(self.seed)
         loop = self.loop
         loop.reset()
-        if "epoch" not in aggregate.__dict__:
-            aggregate.__dict__["epoch"] = 0  # a first value, which fires no onepoch
+        if aggregate_epoch(aggregate) is None:
+            aggregate.epoch = 0  # a first value: an Aggregate fires no onepoch for it
         self._start(aggregate)
         reason: EndReason = "exception"
         bus = self._bus
@@ -439,6 +448,7 @@ class Trainer:
                     path = resolve_checkpoint_path(self, ckpt_path)
                     if path is not None:
                         restore(self, aggregate, path)
+                        loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
@@ -469,14 +479,24 @@ class Trainer:
             return loop.stop_reason()
         if self.max_steps is not None and self.max_steps <= progress.global_step:  # 0, or restored at its limit
             return "max_steps"
-        while self.max_epochs is None or progress.epoch < self.max_epochs:
+        last = progress.epoch + 1 if self._one_more_epoch else self.max_epochs  # the epoch count to reach
+        if last is not None and progress.epoch >= last:
+            warnings.warn(
+                f"Trainer.fit: the aggregate is at epoch {progress.epoch} and max_epochs={last}, so there is nothing "
+                f"to train (max_epochs is the total the aggregate reaches, as in Lightning: raise it to train more)",
+                stacklevel=7,  # the caller of fit: _run_epochs < _fit < _in_process < launch < _launch < fit
+            )
+        empty: set[str] = set()  # evaluation phases whose loader yielded nothing, warned once
+        while last is None or progress.epoch < last:
             epoch = progress.epoch
             bus.emit(EpochStarted, self, aggregate, epoch)
             flat: dict[str, float] = {}
-            for phase, loader in loaders:
+            cut_short = False
+            for phase, loader in loaders:  # training first (see _fit_order)
                 if phase == "train":
                     results, reason, cut_short = train_phase(
-                        run, aggregate, loader, limit=self.limit_train_batches, max_steps=self.max_steps, deadline=deadline
+                        run, aggregate, loader, limit=self.limit_train_batches, max_steps=self.max_steps,
+                        deadline=deadline,
                     )
                     if reason == "interrupted":  # the epoch is unfinished: a resumed fit completes it
                         return reason
@@ -485,12 +505,16 @@ class Trainer:
                     continue
                 else:
                     results = evaluate_phase(run, aggregate, loader, phase, self.limit_val_batches)
+                    if not results and phase not in empty:
+                        empty.add(phase)
+                        _warn_empty(phase, "fit")
                 flat.update({f"{phase}/{name}": value for name, value in results.items()})
             loop.callback_metrics = flat
-            progress.epoch, progress.batch = epoch + 1, 0
+            progress.batch = 0
             try:
-                aggregate.epoch = aggregate.epoch + 1
+                progress.epoch = _advance_epoch(aggregate)  # fires the aggregate's onepoch
             except StopIteration:  # the seed's early stopping: a StopIteration committed at onepoch
+                progress.epoch = aggregate_epoch(aggregate) or epoch + 1
                 reason = reason or "stopped"
                 loop.should_stop = True  # so a checkpoint written at Iterated records the stop
             bus.emit(Iterated, self, aggregate, epoch, flat)
@@ -504,6 +528,8 @@ class Trainer:
         method = "test" if phase == "test" else "validate"
         check.aggregate(aggregate, ("evaluate",), method)
         (_, loader), = normalize_loaders(loaders, (phase,), method)
+        if _length(loader) == 0:
+            _warn_empty(phase, method)
         if ckpt_path is not None:
             path = resolve_checkpoint_path(self, ckpt_path)
             if path is None:
@@ -565,6 +591,54 @@ class Trainer:
                 )
             callbacks.append(factory())
         return callbacks
+
+
+def _fit_order(pairs: list[tuple[str, Iterable[Any]]]) -> list[tuple[str, Iterable[Any]]]:
+    """The phases of every epoch in the order they run, training first whatever the order given (Lightning's);
+    an empty training loader is refused, an empty validation loader dropped with a warning.
+
+    Raises:
+        ValueError: for a training loader of length 0, naming the phase.
+    """
+    ordered: list[tuple[str, Iterable[Any]]] = []
+    for phase, loader in sorted(pairs, key=lambda pair: pair[0] != "train"):
+        if _length(loader) != 0:
+            ordered.append((phase, loader))
+        elif phase == "train":
+            raise ValueError(
+                "Trainer.fit: the 'train' loader is empty (len 0): there is nothing to train on; check the dataset "
+                "and the loader's batch_size/drop_last"
+            )
+        else:
+            _warn_empty(phase, "fit")
+    return ordered
+
+
+def _length(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _warn_empty(phase: str, method: str) -> None:
+    warnings.warn(
+        f"Trainer.{method}: the {phase!r} loader is empty, so the {phase!r} phase has no results (no loss, no metrics)",
+        stacklevel=4,
+    )
+
+
+def _advance_epoch(aggregate: Any) -> int:
+    """Count one more epoch completed on ``aggregate.epoch`` (a plain assignment, which fires an Aggregate's
+    ``onepoch``; a tensor buffer gets a tensor of its own dtype and device).
+
+    Returns:
+        The new count.
+    """
+    current = getattr(aggregate, "epoch", None)
+    count = (aggregate_epoch(aggregate) or 0) + 1
+    aggregate.epoch = current.new_tensor(count) if isinstance(current, Tensor) else count
+    return count
 
 
 class _Outcome(NamedTuple):
