@@ -58,7 +58,9 @@ def _imports(name: str, path: Path) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in MODULES else module for alias in node.names]
+            targets = [
+                f"{module}.{alias.name}" if f"{module}.{alias.name}" in MODULES else module for alias in node.names
+            ]
         else:
             continue
         found.update(target for target in targets if target == PACKAGE or target.startswith(PACKAGE + "."))
@@ -139,7 +141,7 @@ def test_no_import_cycles():
         path.append(module)
         for target in sorted(GRAPH.get(module, ())):
             if state.get(target) == 1:
-                cycles.append(path[path.index(target) :] + [target])
+                cycles.append([*path[path.index(target) :], target])
             elif target not in state:
                 visit(target)
         path.pop()

@@ -18,6 +18,7 @@ from torchsystem_trainer import Trainer
 from torchsystem_trainer.callbacks import Callback
 from torchsystem_trainer.checkpoint import resume
 from torchsystem_trainer.strategies import routing
+from torchsystem_trainer.strategies.samplers import unshardable_reason
 from torchsystem_trainer.trainer.results import PhaseResults, build_metrics, load_metric_states
 
 ROOT = Path(__file__).resolve().parents[1] / "torchsystem_trainer"
@@ -85,7 +86,8 @@ def test_a_torch_without_the_reducer_hook_removal_fails_loudly():
 def test_a_torch_without_the_persistent_iterator_fails_loudly():
     loader = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
     del loader.__dict__["_iterator"]
-    with pytest.raises(RuntimeError, match=rf"torch {re.escape(torch.__version__)}: DataLoader has no attribute '_iterator'"):
+    expected = rf"torch {re.escape(torch.__version__)}: DataLoader has no attribute '_iterator'"
+    with pytest.raises(RuntimeError, match=expected):
         resume._persistent_iterator(loader)
 
 
@@ -101,7 +103,9 @@ def test_metric_states_with_compute_groups_resume_exactly():
         )
     )
     generator = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(8, 3, generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(4)]
+    batches = [
+        (torch.randn(8, 3, generator=generator), torch.randint(0, 3, (8,), generator=generator)) for _ in range(4)
+    ]
     whole, first = PhaseResults(template.clone()), PhaseResults(template.clone())
     for predictions, targets in batches:
         whole.update(torch.tensor(1.0), 8, predictions, targets)
@@ -151,3 +155,11 @@ def test_bound_optimizers_raise_no_scheduler_order_warning(built):
         warnings.simplefilter("error")
         Trainer(callbacks=callbacks, gradient_clip_val=1.0, enable_progress_bar=False).fit(aggregate, make_data())
     assert aggregate.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**4)
+
+
+def test_a_random_sampler_with_its_own_number_of_samples_is_not_sharded():
+    """Read through RandomSampler's public num_samples (it was its private _num_samples)."""
+    dataset = TensorDataset(torch.zeros(8, 1))
+    own = DataLoader(dataset, sampler=torch.utils.data.RandomSampler(dataset, num_samples=5))
+    assert "num_samples" in unshardable_reason(own)
+    assert unshardable_reason(DataLoader(dataset, shuffle=True)) is None

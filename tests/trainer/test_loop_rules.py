@@ -104,14 +104,16 @@ class Plain(nn.Module):
 def test_a_module_without_epoch_starts_at_zero(data):
     module = Plain()
     trainer, recorder = fit(module, data, max_epochs=2)
-    assert [event for event in recorder.events if event[0] == "EpochStarted"] == [("EpochStarted", 0), ("EpochStarted", 1)]
+    started = [event for event in recorder.events if event[0] == "EpochStarted"]
+    assert started == [("EpochStarted", 0), ("EpochStarted", 1)]
     assert module.epoch == trainer.current_epoch == 2
 
 
 def test_an_epoch_buffer_is_read_and_advanced_as_a_tensor(data):
     module = Plain(epoch=torch.tensor(5))
     trainer, recorder = fit(module, data, max_epochs=7)
-    assert [event for event in recorder.events if event[0] == "EpochStarted"] == [("EpochStarted", 5), ("EpochStarted", 6)]
+    started = [event for event in recorder.events if event[0] == "EpochStarted"]
+    assert started == [("EpochStarted", 5), ("EpochStarted", 6)]
     assert isinstance(module.epoch, torch.Tensor) and module.epoch.dtype == torch.int64
     assert "epoch" in dict(module.named_buffers()) and int(module.epoch) == trainer.current_epoch == 7
 
@@ -155,7 +157,9 @@ def test_an_empty_training_loader_fails_the_fit_before_any_event(classifier, dat
     loader = _empty_loader() if empty == "dataloader" else empty
     recorder = Recorder()
     with pytest.raises(ValueError, match=r"'train' loader is empty"):
-        Trainer(callbacks=[recorder], enable_progress_bar=False).fit(classifier, [("train", loader), ("validation", data)])
+        Trainer(callbacks=[recorder], enable_progress_bar=False).fit(
+            classifier, [("train", loader), ("validation", data)]
+        )
     assert recorder.events == []
 
 
@@ -167,7 +171,9 @@ def test_an_empty_unsized_training_loader_fails_the_fit_naming_the_phase(classif
 def test_an_empty_validation_loader_warns_once_and_gives_no_results(classifier, data):
     metric = torchmetrics.Accuracy("multiclass", num_classes=2)
     with pytest.warns(UserWarning, match=r"'validation' loader is empty") as caught:
-        trainer, recorder = fit(classifier, [("train", data), ("validation", _empty_loader())], max_epochs=2, metrics=metric)
+        trainer, recorder = fit(
+            classifier, [("train", data), ("validation", _empty_loader())], max_epochs=2, metrics=metric
+        )
     assert sum("'validation' loader is empty" in str(w.message) for w in caught) == 1
     assert set(trainer.callback_metrics) == {"train/loss", "train/MulticlassAccuracy"}  # never a fake 0.0
     assert "Validated" not in recorder.names()

@@ -52,9 +52,12 @@ def aggregate_epoch(aggregate: Module) -> int | None:
         return None
     if isinstance(epoch, torch.Tensor):
         if epoch.numel() != 1:
-            raise TypeError(f"{type(aggregate).__name__}.epoch is a tensor of shape {list(epoch.shape)}; it counts epochs")
+            raise TypeError(
+                f"{type(aggregate).__name__}.epoch is a tensor of shape {list(epoch.shape)}; it counts epochs"
+            )
         epoch = epoch.item()
-    if isinstance(epoch, bool) or not isinstance(epoch, int) and not (isinstance(epoch, float) and epoch.is_integer()):
+    whole = isinstance(epoch, int) or (isinstance(epoch, float) and epoch.is_integer())
+    if isinstance(epoch, bool) or not whole:
         raise TypeError(f"{type(aggregate).__name__}.epoch is {epoch!r}; it counts the epochs completed (an int >= 0)")
     return int(epoch)
 
@@ -208,7 +211,7 @@ def load_aggregate_state(aggregate: Module, state: dict[str, Any], source: str =
         if name in state["schedulers"]:
             scheduler.load_state_dict(state["schedulers"][name])
     epoch = state.get("epoch")
-    if epoch is not None and not isinstance(getattr(aggregate, "epoch", None), torch.Tensor):  # a buffer: restored above
+    if epoch is not None and not isinstance(getattr(aggregate, "epoch", None), torch.Tensor):  # a buffer: in modules
         # Restored, not advanced: written past the Aggregate's __setattr__, so its onepoch hook (the seed's "an epoch
         # ended") does not fire for a value that was already reached in the run that saved it.
         vars(aggregate)["epoch"] = int(epoch)

@@ -148,7 +148,7 @@ def checkpoint_state(trainer: TrainerState, aggregate: Module) -> dict[str, Any]
 def _stateful_callbacks(callbacks: Sequence[Any]) -> list[tuple[str, Any]]:
     return [
         (key, callback)
-        for key, callback in zip(callback_keys(list(callbacks)), callbacks)
+        for key, callback in zip(callback_keys(list(callbacks)), callbacks, strict=True)
         if callable(getattr(callback, "state_dict", None))
     ]
 
@@ -230,7 +230,7 @@ def restore(trainer: TrainerState, aggregate: Module, path: str | Path) -> None:
 def _load_callbacks(trainer: TrainerState, saved: dict[str, Any], source: str) -> None:
     """Restore every stateful callback; if one raises, put back the ones already restored and raise."""
     done: list[tuple[Any, Any]] = []
-    for key, callback in zip(callback_keys(list(trainer.callbacks)), trainer.callbacks):
+    for key, callback in zip(callback_keys(list(trainer.callbacks)), trainer.callbacks, strict=True):
         load = getattr(callback, "load_state_dict", None)
         if key not in saved or not callable(load):
             continue

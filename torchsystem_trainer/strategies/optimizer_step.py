@@ -219,7 +219,7 @@ def _scale_gradients(optimizer: Optimizer, factor: float) -> None:
 class _OptimizerBinding:
     """What a bound optimizer remembers: its steps' owner, its own methods, and how many steps it really took."""
 
-    __slots__ = ("owner", "own_step", "own_zero_grad", "previous", "steps", "hook")
+    __slots__ = ("hook", "own_step", "own_zero_grad", "owner", "previous", "steps")
 
     def __init__(self, optimizer: Optimizer, owner: OptimizerStep) -> None:
         self.owner = owner
@@ -265,7 +265,7 @@ _SCHEDULER_NAMES = ("step", "state_dict", _KEY)
 
 
 class _SchedulerBinding:
-    __slots__ = ("step", "state_dict", "previous", "seen")
+    __slots__ = ("previous", "seen", "state_dict", "step")
 
     def __init__(self, scheduler: LRScheduler) -> None:
         self.step = scheduler.step

@@ -136,7 +136,9 @@ def route_modules(root: nn.Module, wrap: Callable[[nn.Module], DistributedDataPa
         ValueError: when two routed children share a parameter (DDP would reduce its gradient twice), naming
             them.
     """
-    candidates = [(n, m) for n, m in trainable_modules(root) if not isinstance(m.__dict__.get("forward"), RoutedForward)]
+    candidates = [
+        (n, m) for n, m in trainable_modules(root) if not isinstance(m.__dict__.get("forward"), RoutedForward)
+    ]
     owners: dict[int, str] = {}
     for name, module in trainable_modules(root):
         for parameter in module.parameters():

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, ContextManager, Literal, TypeVar
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any, Literal, TypeVar
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -21,7 +22,7 @@ from torchsystem_trainer.domain import Aggregate
 from torchsystem_trainer.strategies.optimizer_step import OptimizerStep
 from torchsystem_trainer.strategies.precision import Precision
 
-__all__ = ["Strategy", "ClipAlgorithm", "CLIP_ALGORITHMS", "ReduceOp"]
+__all__ = ["CLIP_ALGORITHMS", "ClipAlgorithm", "ReduceOp", "Strategy"]
 
 A = TypeVar("A", bound=Aggregate)
 R = TypeVar("R")
@@ -192,7 +193,8 @@ class Strategy(ABC):
     def needs_step_context(self) -> bool:
         """Whether :meth:`train_step_context` does anything: autocast (mixed precision), or a subclass's own
         context (``no_sync``). When not, the Trainer enters no context per batch."""
-        return self.precision.autocast_dtype is not None or type(self).train_step_context is not Strategy.train_step_context
+        overridden = type(self).train_step_context is not Strategy.train_step_context
+        return self.precision.autocast_dtype is not None or overridden
 
     def train_step_context(self) -> ContextManager[Any]:
         """The context one training batch runs under: :meth:`forward_context`; a data-parallel strategy adds
@@ -236,7 +238,7 @@ class Strategy(ABC):
         """Send ``obj`` (a tensor or any picklable object) from process ``src`` to all; returns it."""
         return obj
 
-    def barrier(self, name: str | None = None) -> None:
+    def barrier(self, name: str | None = None) -> None:  # noqa: B027 (a no-op with one process, not abstract)
         """Wait until every process reaches this point."""
 
     # -- persistence ------------------------------------------------------------------------------------

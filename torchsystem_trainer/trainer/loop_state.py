@@ -9,7 +9,8 @@ caller through its public attributes. Nothing else reaches inside.
 What it holds:
 
 * ``progress``: the counters (:class:`~.progress.Progress`);
-* ``position``: where the training loader stands within its epoch (:class:`~torchsystem_trainer.checkpoint.TrainPosition`);
+* ``position``: where the training loader stands within its epoch
+  (:class:`~torchsystem_trainer.checkpoint.TrainPosition`);
 * the running results of every phase (:meth:`LoopState.results`), the training phase's saved mid-epoch;
 * the stop flags: ``should_stop``, ``stop_signalled`` (set by ``SIGTERM``/``SIGINT``), ``interrupted``,
   ``received_signal``;
@@ -144,7 +145,9 @@ class LoopState:
             "should_stop": bool(self.should_stop and not self.stop_signalled),
             "train": None if train is None else self.position.state_dict(train, consumed),
             "train_results": None if results is None else results.state_dict(),
-            "generators": {phase: generator_states(loader) for phase, loader in self.loaders.items() if phase != "train"},
+            "generators": {
+                phase: generator_states(loader) for phase, loader in self.loaders.items() if phase != "train"
+            },
             "sampler_seeds": {
                 phase: seed for phase, loader in self.loaders.items() if (seed := _sampler_seed(loader)) is not None
             },
@@ -207,7 +210,9 @@ class LoopState:
         try:
             results.load_state_dict(saved)
         except ValueError as error:  # the metrics changed: keep the loss, start the metrics at the resume point
-            warnings.warn(f"{error}; the metrics of its unfinished epoch cover only the batches after the resume", stacklevel=3)
+            warnings.warn(
+                f"{error}; the metrics of its unfinished epoch cover only the batches after the resume", stacklevel=3
+            )
             results.load_state_dict(saved, strict=False)
         except (KeyError, AttributeError) as error:
             raise ValueError(f"the training results of the unfinished epoch cannot be restored ({error!r})") from error

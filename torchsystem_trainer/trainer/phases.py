@@ -148,7 +148,9 @@ def train_phase(
     if steps.finish_window(aggregate):  # the loader ended inside an accumulation window of unknown length
         progress.global_step += 1
     if progress.batch == 0 and limit != 0:  # not one batch in a whole epoch: an empty iterable (no len to check)
-        raise ValueError(f"Trainer.fit: the 'train' loader yielded no batch in epoch {epoch}: there is nothing to train on")
+        raise ValueError(
+            f"Trainer.fit: the 'train' loader yielded no batch in epoch {epoch}: there is nothing to train on"
+        )
     if reason == "interrupted":
         return {}, reason, True  # no results yet: folding the losses now would change the resumed sums
     cut_short = reason is not None and (total is None or index + 1 < total)

@@ -233,7 +233,7 @@ class Trainer:
         unless ``ckpt_path`` restores them. Events, in order (handlers run in callback-list order)::
 
             FitStarted
-            for epoch in epochs:                              # until a limit or a stop
+            for epoch in epochs:                              # from aggregate.epoch, until a limit or a stop
                 EpochStarted(epoch)
                 PhaseStarted("train")
                 for batch in train_loader:                    # aggregate in 'train' phase, under autocast
@@ -269,7 +269,9 @@ class Trainer:
                 uninterrupted run's (see ``docs/resuming.md`` for what that needs).
 
         Raises:
-            ValueError: for loaders without a ``"train"`` phase or with a phase ``fit`` does not run.
+            ValueError: for loaders without a ``"train"`` phase or with a phase ``fit`` does not run, or an empty
+                training loader (``len`` 0: before any event; an iterable without ``len`` that yields nothing: in
+                the first epoch). An empty validation loader is dropped with a warning instead.
             TypeError: for an aggregate without ``fit``/``evaluate``, or a bad batch or return value.
             FileNotFoundError, CheckpointError: for a ``ckpt_path`` that is missing, corrupt, unsafe, foreign or
                 does not match the aggregate (naming the file), before any event; nothing is changed then.
@@ -397,7 +399,7 @@ class Trainer:
         loop.interrupted, loop.received_signal = state["interrupted"], state["received_signal"]
         loop.callback_metrics = state["callback_metrics"]
         self.strategy.load_state_dict(state["strategy"])
-        for callback, saved in zip(self.callbacks, state["callbacks"]):
+        for callback, saved in zip(self.callbacks, state["callbacks"], strict=True):
             if saved is not None:
                 callback.load_state_dict(saved)  # type: ignore[attr-defined]
 
@@ -408,7 +410,7 @@ class Trainer:
         zero = strategy.is_global_zero
         kept = [
             (callback, table)
-            for callback, table in zip(self.callbacks, self._subscriptions)
+            for callback, table in zip(self.callbacks, self._subscriptions, strict=True)
             if zero or not getattr(callback, "rank_zero_only", False)
         ]
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
