@@ -32,6 +32,7 @@ GUARDED = {
     ("strategies/optimizer_step.py", "_foreach_mul_"): "torch.optim's own multi-tensor kernel (with a fallback)",
     ("strategies/launchers.py", "_inheriting"): "the standard library's spawn check (skipped without it)",
     ("callbacks/tensorboard.py", "_get_file_writer"): "not yet replaced (the callbacks' branch)",
+    ("tuner/snapshot.py", "_iterator"): "not yet guarded (the tuner's branch)",
 }
 
 

@@ -5,7 +5,9 @@ from torchsystem_trainer.checkpoint.aggregate import (
     aggregate_state,
     check_aggregate_state,
     check_plain,
+    describe_mismatch,
     load_aggregate_state,
+    network_identities,
 )
 from torchsystem_trainer.checkpoint.io import CheckpointError, load_file, save_atomic, verify_archive
 from torchsystem_trainer.checkpoint.resume import EpochStart, TrainPosition
@@ -16,12 +18,21 @@ from torchsystem_trainer.checkpoint.state import (
     VERSION,
     callback_keys,
     checkpoint_state,
+    library_version,
     read_checkpoint,
     resolve_checkpoint_path,
     restore,
 )
+from torchsystem_trainer.checkpoint.weights import (
+    AVERAGED_KEY,
+    UnknownModelError,
+    load_model,
+    load_weights,
+    weights_state,
+)
 
 __all__ = [
+    "AVERAGED_KEY",
     "FORMAT",
     "STOP_SIGNALS",
     "VERSION",
@@ -29,21 +40,28 @@ __all__ = [
     "EpochStart",
     "StopSignals",
     "TrainPosition",
+    "UnknownModelError",
     "aggregate_epoch",
     "aggregate_state",
     "callback_keys",
     "check_aggregate_state",
     "check_plain",
     "checkpoint_state",
+    "describe_mismatch",
     "generator_states",
+    "library_version",
     "load_aggregate_state",
     "load_file",
     "load_generator_states",
+    "load_model",
     "load_rng_state",
+    "load_weights",
+    "network_identities",
     "read_checkpoint",
     "resolve_checkpoint_path",
     "restore",
     "rng_state",
     "save_atomic",
     "verify_archive",
+    "weights_state",
 ]
