@@ -141,5 +141,5 @@ def load_generator_states(loader: Any, states: list[torch.Tensor], name: str) ->
             stacklevel=3,
         )
         return
-    for generator, state in zip(generators, states):
+    for generator, state in zip(generators, states, strict=True):
         generator.set_state(state)
