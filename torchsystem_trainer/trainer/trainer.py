@@ -10,14 +10,11 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from torch import Tensor
 from torch.nn import Module
 
 from torchsystem_trainer.checkpoint import (
@@ -30,25 +27,23 @@ from torchsystem_trainer.checkpoint import (
 )
 from torchsystem_trainer.events import (
     EndReason,
-    EpochStarted,
     ExceptionRaised,
     FitEnded,
     FitStarted,
     GradientsComputed,
-    Iterated,
     Stage,
     StageEnded,
     StageEndReason,
     StageStarted,
-    Trained,
 )
 from torchsystem_trainer.services import Consumer
 from torchsystem_trainer.strategies import CLIP_ALGORITHMS, Strategy, resolve_strategy
 from torchsystem_trainer.trainer import arguments as check
 from torchsystem_trainer.trainer.dispatch import EventBus
+from torchsystem_trainer.trainer.fit_loop import FitLimits, fit_order, loader_length, run_epochs, warn_empty
 from torchsystem_trainer.trainer.loaders import normalize_loaders
 from torchsystem_trainer.trainer.loop_state import LoopState
-from torchsystem_trainer.trainer.phases import Run, evaluate_phase, predict_phase, train_phase
+from torchsystem_trainer.trainer.phases import Run, evaluate_phase, predict_phase
 from torchsystem_trainer.trainer.progress import Progress
 from torchsystem_trainer.trainer.results import build_metrics
 from torchsystem_trainer.trainer.seeding import deterministic_algorithms, seed_everything
@@ -235,8 +230,10 @@ class Trainer:
         ``loaders``: ``[("train", dl), ("validation", dl)]`` as in the seed, ``{"train": dl, ...}``, or one
         loader (training only). A batch is ``(inputs, targets)`` (``aggregate.fit(inputs, targets)``), another
         tuple or list (``fit(*batch)``) or a dict (``fit(**batch)``); ``fit``/``evaluate`` return
-        ``(predictions, loss)``. Every call is a new run: the counters (``trainer.progress``) start from zero,
-        unless ``ckpt_path`` restores them. Events, in order (handlers run in callback-list order)::
+        ``(predictions, loss)``. Every call is a new run: it starts at ``aggregate.epoch`` and its step counters
+        (``trainer.progress.step``/``global_step``) start from zero, unless ``ckpt_path`` restores them. The
+        loop's state is ``trainer.loop`` (see ``docs/loop.md``). Events, in order (handlers run in callback-list
+        order)::
 
             FitStarted
             for epoch in epochs:                              # from aggregate.epoch, until a limit or a stop
@@ -291,7 +288,7 @@ class Trainer:
         pairs = normalize_loaders(loaders, ("train", "validation"), "fit")
         if "train" not in dict(pairs):
             raise ValueError("Trainer.fit: loaders has no 'train' loader; give [('train', loader), ...]")
-        self._launch(self._fit, aggregate, _fit_order(pairs), ckpt_path)
+        self._launch(self._fit, aggregate, fit_order(pairs), ckpt_path)
 
     def validate(
         self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
@@ -495,7 +492,7 @@ class Trainer:
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
-                        reason = self._run_epochs(aggregate, loaders)
+                        reason = run_epochs(self._run, aggregate, loaders, self._limits())
                     loop.interrupted = reason == "interrupted"
                 except KeyboardInterrupt as error:
                     reason, loop.interrupted = "interrupted", True
@@ -513,66 +510,23 @@ class Trainer:
                 # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
                 loop.loaders = {}
 
-    def _run_epochs(self, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]]) -> EndReason:
-        loop, run, bus = self.loop, self._run, self._bus
-        progress = loop.progress
-        deadline = None if self.max_time is None else time.monotonic() + self.max_time
-        reason: EndReason | None = None
-        if loop.should_stop:  # restored from a checkpoint written as the fit was stopping, or a signal came
-            return loop.stop_reason()
-        if self.max_steps is not None and self.max_steps <= progress.global_step:  # 0, or restored at its limit
-            return "max_steps"
-        last = progress.epoch + 1 if self._one_more_epoch else self.max_epochs  # the epoch count to reach
-        if last is not None and progress.epoch >= last:
-            warnings.warn(
-                f"Trainer.fit: the aggregate is at epoch {progress.epoch} and max_epochs={last}, so there is nothing "
-                f"to train (max_epochs is the total the aggregate reaches, as in Lightning: raise it to train more)",
-                stacklevel=7,  # the caller of fit: _run_epochs < _fit < _in_process < launch < _launch < fit
-            )
-        empty: set[str] = set()  # evaluation phases whose loader yielded nothing, warned once
-        while last is None or progress.epoch < last:
-            epoch = progress.epoch
-            bus.emit(EpochStarted, self, aggregate, epoch)
-            flat: dict[str, float] = {}
-            cut_short = False
-            for phase, loader in loaders:  # training first (see _fit_order)
-                if phase == "train":
-                    results, reason, cut_short = train_phase(
-                        run, aggregate, loader, limit=self.limit_train_batches, max_steps=self.max_steps,
-                        deadline=deadline,
-                    )
-                    if reason == "interrupted":  # the epoch is unfinished: a resumed fit completes it
-                        return reason
-                    bus.emit(Trained, self, aggregate, epoch, results)
-                elif cut_short or (epoch + 1) % self.check_val_every_n_epoch:
-                    continue
-                else:
-                    results = evaluate_phase(run, aggregate, loader, phase, self.limit_val_batches)
-                    if not results and phase not in empty:
-                        empty.add(phase)
-                        _warn_empty(phase, "fit")
-                flat.update({f"{phase}/{name}": value for name, value in results.items()})
-            loop.callback_metrics = flat
-            progress.batch = 0
-            try:
-                progress.epoch = _advance_epoch(aggregate)  # fires the aggregate's onepoch
-            except StopIteration:  # the seed's early stopping: a StopIteration committed at onepoch
-                progress.epoch = aggregate_epoch(aggregate) or epoch + 1
-                reason = reason or "stopped"
-                loop.should_stop = True  # so a checkpoint written at Iterated records the stop
-            bus.emit(Iterated, self, aggregate, epoch, flat)
-            if reason is None and loop.should_stop:
-                reason = loop.stop_reason()
-            if reason is not None:
-                return reason
-        return "completed"
+    def _limits(self) -> FitLimits:
+        return FitLimits(
+            max_epochs=self.max_epochs,
+            one_more_epoch=self._one_more_epoch,
+            max_steps=self.max_steps,
+            max_time=self.max_time,
+            limit_train_batches=self.limit_train_batches,
+            limit_val_batches=self.limit_val_batches,
+            check_val_every_n_epoch=self.check_val_every_n_epoch,
+        )
 
     def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str, ckpt_path: Any) -> dict[str, float]:
         method = "test" if phase == "test" else "validate"
         check.aggregate(aggregate, ("evaluate",), method)
         (_, loader), = normalize_loaders(loaders, (phase,), method)
-        if _length(loader) == 0:
-            _warn_empty(phase, method)
+        if loader_length(loader) == 0:
+            warn_empty(phase, method)
         if ckpt_path is not None:
             path = resolve_checkpoint_path(self, ckpt_path)
             if path is None:
@@ -634,54 +588,6 @@ class Trainer:
                 )
             callbacks.append(factory())
         return callbacks
-
-
-def _fit_order(pairs: list[tuple[str, Iterable[Any]]]) -> list[tuple[str, Iterable[Any]]]:
-    """The phases of every epoch in the order they run, training first whatever the order given (Lightning's);
-    an empty training loader is refused, an empty validation loader dropped with a warning.
-
-    Raises:
-        ValueError: for a training loader of length 0, naming the phase.
-    """
-    ordered: list[tuple[str, Iterable[Any]]] = []
-    for phase, loader in sorted(pairs, key=lambda pair: pair[0] != "train"):
-        if _length(loader) != 0:
-            ordered.append((phase, loader))
-        elif phase == "train":
-            raise ValueError(
-                "Trainer.fit: the 'train' loader is empty (len 0): there is nothing to train on; check the dataset "
-                "and the loader's batch_size/drop_last"
-            )
-        else:
-            _warn_empty(phase, "fit")
-    return ordered
-
-
-def _length(loader: Iterable[Any]) -> int | None:
-    try:
-        return len(loader)  # type: ignore[arg-type]
-    except TypeError:
-        return None
-
-
-def _warn_empty(phase: str, method: str) -> None:
-    warnings.warn(
-        f"Trainer.{method}: the {phase!r} loader is empty, so the {phase!r} phase has no results (no loss, no metrics)",
-        stacklevel=4,
-    )
-
-
-def _advance_epoch(aggregate: Any) -> int:
-    """Count one more epoch completed on ``aggregate.epoch`` (a plain assignment, which fires an Aggregate's
-    ``onepoch``; a tensor buffer gets a tensor of its own dtype and device).
-
-    Returns:
-        The new count.
-    """
-    current = getattr(aggregate, "epoch", None)
-    count = (aggregate_epoch(aggregate) or 0) + 1
-    aggregate.epoch = current.new_tensor(count) if isinstance(current, Tensor) else count
-    return count
 
 
 class _Outcome(NamedTuple):
