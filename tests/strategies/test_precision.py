@@ -131,3 +131,30 @@ def test_64_true_casts_floating_inputs_only():
 
     Trainer(strategy=SingleDeviceStrategy("cpu", "64-true"), enable_progress_bar=False).fit(Mixed(), make_data()[:1])
     assert seen == [(torch.float64, torch.int64)]
+
+
+class TwoOptimizers(Plain):
+    """One backward, two optimizers stepping after it (each owning part of the network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.optim.SGD([self.nn.weight], lr=0.1)
+        self.second = torch.optim.SGD([self.nn.bias], lr=0.1)
+        del self.optimizer
+
+    def fit(self, inputs, targets):
+        self.first.zero_grad()
+        self.second.zero_grad()
+        outputs = self(inputs)
+        loss = self.loss(outputs, targets)
+        self.backward(loss)
+        self.first.step()
+        self.second.step()
+        return outputs, loss
+
+
+def test_16_mixed_steps_several_optimizers_after_one_backward():
+    aggregate = TwoOptimizers()
+    weight, bias = aggregate.nn.weight.detach().clone(), aggregate.nn.bias.detach().clone()
+    Trainer(strategy=SingleDeviceStrategy("cpu", "16-mixed"), enable_progress_bar=False).fit(aggregate, make_data())
+    assert not torch.equal(aggregate.nn.weight, weight) and not torch.equal(aggregate.nn.bias, bias)

@@ -36,7 +36,9 @@ The path of one bound ``optimizer.step()``:
    window or a step the scaler skipped does not advance the schedule (Lightning does the same for step-interval
    schedulers).
 
-``zero_grad()`` clears the gradients only at the first batch of a window (:attr:`OptimizerStep.window_start`).
+``zero_grad()`` clears the gradients only at the first batch of a window (:attr:`OptimizerStep.window_start`);
+then the next step checks again that a backward went through :meth:`OptimizerStep.backward` (``16-mixed``), so
+several optimizers may step after one backward.
 :meth:`OptimizerStep.backward` (bound to ``Aggregate.backward``) scales the loss under ``16-mixed``.
 
 How a strategy customizes the step: it returns a reducer from ``gradient_reducer()``, overrides
@@ -165,7 +167,6 @@ class OptimizerStep:
                     "in the aggregate's fit"
                 )
             self.precision.unscale(optimizer)
-        self.backward_seen = False
         if self.accumulate_grad_batches > 1:
             _scale_gradients(optimizer, 1.0 / self.accumulate_grad_batches)
         if self.on_gradients is not None:
@@ -247,7 +248,9 @@ def _bind_optimizer(optimizer: Optimizer, owner: OptimizerStep) -> None:
         return steps.step(optimizer, binding.own_step, closure)
 
     def zero_grad(set_to_none: bool = True) -> None:
-        if binding.owner.window_start:
+        steps = binding.owner
+        if steps.window_start:
+            steps.backward_seen = False  # the gradients to come must come through backward() again
             binding.own_zero_grad(set_to_none)
 
     if hasattr(binding.own_step, _LR_SCHEDULER_MARK):  # see _LR_SCHEDULER_MARK
