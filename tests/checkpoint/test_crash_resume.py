@@ -108,6 +108,19 @@ CHOSEN = {
 }
 
 
+AVERAGING_KILLS = [
+    {"event": "BatchTrained", "at": 5},  # epoch 0, resumes after step 3: no average yet, the best not yet known
+    {"event": "BatchTrained", "at": 14},  # mid SWA epoch 1 (resumes after step 12), an EMA of 12 steps
+    {"event": "EpochStarted", "at": 2},  # right after epoch 1's checkpoint
+    {"event": "FitEnded"},  # after the last checkpoint, before the fit took the average (or the best weights)
+]
+AVERAGING = {
+    "ema": ({"workers": 0, "augment": True, "ema": True}, AVERAGING_KILLS),
+    "swa": ({"workers": 0, "augment": True, "swa": True}, AVERAGING_KILLS),
+    "restore-best": ({"workers": 0, "augment": True, "restore_best": True}, AVERAGING_KILLS),
+}
+
+
 @pytest.mark.parametrize("name", list(CHOSEN), ids=list(CHOSEN))
 def test_sigkill_at_chosen_points_then_resume_last_is_bit_identical(name, forkserver, reference, tmp_path):
     config, kills = CHOSEN[name]
@@ -119,6 +132,22 @@ def test_sigkill_at_chosen_points_then_resume_last_is_bit_identical(name, forkse
         assert not out.exists()
     assert launch(forkserver, base) == 0
     assert_bit_identical(weights(out), reference(name, **config))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(AVERAGING), ids=list(AVERAGING))
+def test_sigkill_with_ema_swa_or_best_weights_then_resume_last_is_bit_identical(name, forkserver, reference, tmp_path):
+    config, kills = AVERAGING[name]
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    base = {**config, "dirpath": str(folder), "out": str(out)}
+    for kill in kills:
+        assert launch(forkserver, {**base, "kill": kill}) == KILLED, kill
+        newest_is_loadable(folder)
+    assert launch(forkserver, base) == 0
+    final = weights(out)
+    assert_bit_identical(final, reference(name, **config))
+    plain = reference("workers0-augmented", workers=0, augment=True)
+    assert any(not torch.equal(final[key], plain[key]) for key in plain), "the feature changed nothing"
 
 
 @pytest.mark.parametrize("seed", [5, 17, 2024], ids=lambda seed: f"seed{seed}")

@@ -2,28 +2,32 @@
 
 from torchsystem_trainer.callbacks.callback import HOOKS, Callback, CallbackHookError, hook_name
 from torchsystem_trainer.callbacks.early_stopping import EarlyStopping
+from torchsystem_trainer.callbacks.ema import EMA
 from torchsystem_trainer.callbacks.history import History
 from torchsystem_trainer.callbacks.lr_monitor import LearningRateMonitor
 from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
 from torchsystem_trainer.callbacks.monitor import MonitorError
 from torchsystem_trainer.callbacks.nan_detector import NaNDetector, NonFiniteError
 from torchsystem_trainer.callbacks.progress_bar import ProgressBar
+from torchsystem_trainer.callbacks.swa import StochasticWeightAveraging
 from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 from torchsystem_trainer.callbacks.timer import Timer
 
 __all__ = [
+    "EMA",
     "HOOKS",
     "Callback",
     "CallbackHookError",
-    "hook_name",
+    "EarlyStopping",
+    "History",
     "LearningRateMonitor",
+    "ModelCheckpoint",
+    "MonitorError",
     "NaNDetector",
     "NonFiniteError",
     "ProgressBar",
+    "StochasticWeightAveraging",
     "TensorBoardLogger",
-    "EarlyStopping",
-    "History",
-    "ModelCheckpoint",
-    "MonitorError",
     "Timer",
+    "hook_name",
 ]

@@ -20,8 +20,8 @@ from torchsystem_trainer.registry.registration import register
 from torchsystem_trainer.registry.registry import Registry
 
 __all__ = [
-    "Registry",
     "RegistrationError",
+    "Registry",
     "UnregisteredError",
     "getarguments",
     "getclass",

@@ -166,6 +166,12 @@ class Trainer:
         return self.progress.global_step
 
     @property
+    def train_dataloader(self) -> Iterable[Any] | None:
+        """The training loader of the fit running now, as the strategy prepared it (Lightning's name); ``None``
+        outside a fit."""
+        return self._loaders.get("train")
+
+    @property
     def is_global_zero(self) -> bool:
         """Whether this process has global rank 0 (the strategy's)."""
         return self.strategy.is_global_zero
@@ -314,6 +320,41 @@ class Trainer:
         check.aggregate(aggregate, (), "predict")
         (_, loader), = normalize_loaders(loader, ("predict",), "predict")
         return self.strategy.launch(self._predict, aggregate, loader)
+
+    def save_checkpoint(
+        self, filepath: str | os.PathLike[str], weights_only: bool = False, *, aggregate: Module | None = None
+    ) -> Path:
+        """Write a checkpoint of ``aggregate`` and this trainer now, atomically, as ``ModelCheckpoint`` does
+        (Lightning's ``Trainer.save_checkpoint``): the whole state of ``checkpoint_state`` (resumable with
+        ``fit(ckpt_path=filepath)``), or with ``weights_only`` the weights alone (``weights_state``: for
+        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only.
+
+        Args:
+            filepath: the file; its folder is created when missing.
+            weights_only: write only the weights (and the averaged weights of ``EMA``/``StochasticWeightAveraging``).
+            aggregate: the aggregate to save; default the one of this trainer's latest ``fit``, ``validate``,
+                ``test`` or ``predict`` in this process (a ``fit`` that started processes ran in them: pass it then).
+
+        Returns:
+            The path written.
+
+        Raises:
+            RuntimeError: when no aggregate is given and this trainer has run none in this process.
+            TypeError: when some state holds a value ``weights_only`` loading would refuse (nothing is written).
+            OSError: when the folder cannot be written; an existing file is then unchanged.
+        """
+        from torchsystem_trainer.checkpoint import checkpoint_state, save_atomic, weights_state
+
+        target = aggregate if aggregate is not None else self.__dict__.get("_aggregate")
+        if target is None:
+            raise RuntimeError(
+                "Trainer.save_checkpoint: aggregate=None and this trainer has run no aggregate in this process; "
+                "pass aggregate="
+            )
+        state = weights_state(target, self.callbacks) if weights_only else checkpoint_state(self, target)
+        if self.strategy.is_global_zero:
+            save_atomic(state, filepath)
+        return Path(filepath)
 
     # -- the run ----------------------------------------------------------------------------------------
 
