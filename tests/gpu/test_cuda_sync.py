@@ -55,7 +55,7 @@ def _strategy(precision: str) -> SingleDeviceStrategy:
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_a_bare_fit_of_a_seed_style_aggregate_makes_no_sync_per_batch(precision):
     torch.manual_seed(0)
-    aggregate = Classifier().cuda()  # its fit calls zero_grad, backward and step itself
+    aggregate = Classifier()  # its fit calls zero_grad, backward and step itself
     train = SyncChecked(loader(samples=32))
     trainer = Trainer(strategy=_strategy(precision), max_epochs=EPOCHS, enable_progress_bar=False)
     trainer.fit(aggregate, train)
