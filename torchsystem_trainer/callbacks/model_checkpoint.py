@@ -7,6 +7,7 @@ separate ``OnExceptionCheckpoint``.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from pathlib import Path
@@ -28,6 +29,8 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
 )
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
 from torchsystem_trainer.checkpoint import callback_keys, checkpoint_state, load_file, save_atomic, weights_state
+from torchsystem_trainer.checkpoint.async_writer import AsyncWriter
+from torchsystem_trainer.checkpoint.staging import Stager
 from torchsystem_trainer.events import BatchTrained, ExceptionRaised, FitEnded, FitStarted, Iterated
 
 __all__ = ["ModelCheckpoint"]
@@ -77,6 +80,14 @@ class ModelCheckpoint(Callback):
             the aggregate's modules, epoch and identity, and the averaged weights of ``EMA``/``SWA``), for
             ``load_weights``, ``load_model`` and ``validate``/``test(ckpt_path=...)``; such files cannot resume a fit,
             so ``fit(ckpt_path=...)`` refuses them (Lightning's ``save_weights_only``).
+        async_save: write the files in a background thread: at each checkpoint the state is copied into CPU memory
+            (the only pause of the training loop; the buffers are reused from one checkpoint to the next), then
+            written while training goes on. The next checkpoint waits for the previous write, the fit waits for the
+            last one before it ends, and an error of a background write is raised in the fit (at the next
+            checkpoint or at the end) as a ``CheckpointError`` naming the file. Crash safety is unchanged: a
+            ``SIGKILL`` during a background write leaves the previous checkpoint complete and in charge. Costs
+            CPU memory the size of one checkpoint for the fit's duration (torch.distributed.checkpoint's
+            ``async_save`` does the same for sharded checkpoints).
 
     A fit stopped by ``SIGTERM`` or ``SIGINT`` (``FitEnded`` with reason ``"interrupted"`` and no
     ``ExceptionRaised``: the loop stopped between two steps) always writes ``last.ckpt``, whatever ``save_last``,
@@ -111,6 +122,7 @@ class ModelCheckpoint(Callback):
         every_n_steps: int | None = None,
         save_on_exception: bool = False,
         save_weights_only: bool = False,
+        async_save: bool = False,
     ) -> None:
         owner = "ModelCheckpoint"
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
@@ -135,6 +147,9 @@ class ModelCheckpoint(Callback):
         self.every_n_epochs = (1 if not every_n_steps else 0) if every_n_epochs is None else every_n_epochs
         self.save_on_exception = bool(save_on_exception)
         self.save_weights_only = bool(save_weights_only)
+        self.async_save = bool(async_save)
+        self._writer: AsyncWriter | None = None  # built when a fit starts (threads do not pickle to new processes)
+        self._stager: Stager | None = None
         self._dirpath_argument = None if dirpath is None else Path(dirpath)
         self.dirpath: Path | None = self._dirpath_argument
         self._owner = owner if monitor is None else f"{owner}(monitor={monitor!r})"
@@ -157,6 +172,8 @@ class ModelCheckpoint(Callback):
         trainer = event.trainer
         self.dirpath = self._resolve(trainer)
         self._fitting, self._checks, self._raised = True, 0, False
+        if self.async_save:
+            self._writer, self._stager = AsyncWriter(), Stager()
         if self._loaded is not None:
             self._reconcile(self._loaded)
             self._loaded = None
@@ -182,6 +199,10 @@ class ModelCheckpoint(Callback):
         """Write ``on_exception.ckpt`` when ``save_on_exception``; a failure to write is only a warning."""
         trainer = event.trainer
         self._raised = True
+        try:
+            self._wait_for_writes()
+        except Exception as error:  # the fit's own exception must propagate, not this one
+            warnings.warn(f"{self._owner}: {error}", stacklevel=2)
         if not self.save_on_exception or not self._fitting or trainer.fast_dev_run:
             return
         path = self._resolve(trainer) / f"{self.EXCEPTION_NAME}{EXTENSION}"
@@ -191,8 +212,21 @@ class ModelCheckpoint(Callback):
             warnings.warn(f"{self._owner}: could not write {str(path)!r}: {error!r}", stacklevel=2)
 
     def on_fit_ended(self, event: FitEnded) -> None:
-        """Write ``last.ckpt`` when a signal stopped the fit; warn when ``monitor`` was never found during the fit
-        (no top-k file was written)."""
+        """Wait for a background write in flight; write ``last.ckpt`` when a signal stopped the fit; warn when
+        ``monitor`` was never found during the fit (no top-k file was written).
+
+        Raises:
+            CheckpointError: when a background write failed (unless the fit is failing already: then a warning).
+        """
+        try:
+            self._wait_for_writes()
+        except Exception as error:
+            if not self._raised:
+                self._close_writer()
+                self._fitting = False
+                raise
+            warnings.warn(f"{self._owner}: {error}", stacklevel=2)
+        self._close_writer()
         if event.reason == "interrupted" and self._fitting and not self._raised and not event.trainer.fast_dev_run:
             last = self._resolve(event.trainer) / f"{self.LAST_NAME}{EXTENSION}"
             save_atomic(self._state(event.trainer, event.aggregate), last)
@@ -286,26 +320,69 @@ class ModelCheckpoint(Callback):
         if path is None and not self.save_last:
             return
         previous = (self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path)
+        saved = (self._last_global_step_saved, self._last_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
         state = self._state(trainer, aggregate)
+        self._last_global_step_saved, self._last_path = step, path
+        written = {"top_k": False}  # what the write got done: on an error, the bookkeeping is undone up to there
+        undo = functools.partial(self._undo, previous, saved, written)
+        if self._writer is not None and self._stager is not None:
+            staged = self._stager.stage(state)  # the training loop's only pause: tensors copied to CPU memory
+            write = functools.partial(self._write, staged, path, last, evicted, written)
+            self._writer.submit(path or str(last), write, on_error=undo)
+            return
         try:
-            if path is not None:
-                save_atomic(state, path)
-        except BaseException:
-            self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
+            self._write(state, path, last, evicted, written)
+        except BaseException as error:
+            undo(error)
             raise
+
+    def _write(
+        self, state: dict[str, Any], path: str | None, last: Path, evicted: list[str], written: dict[str, bool]
+    ) -> None:
+        """Write the top-k file (when ``path``), then ``last.ckpt`` (when ``save_last``), then delete the files that
+        left the top k: in the training thread, or in the background with a staged ``state``."""
+        if path is not None:
+            save_atomic(state, path)
+        written["top_k"] = True
         try:
             if self.save_last:
                 link_or_write(Path(path) if path is not None else None, last, state)
-        except BaseException:
-            self.last_model_path = previous[3]
-            raise
         finally:
             for old in evicted:
                 if old != path:
                     Path(old).unlink(missing_ok=True)
-        self._last_global_step_saved, self._last_path = step, path
+
+    def _undo(
+        self,
+        previous: tuple[Any, ...],
+        saved: tuple[int, str | None],
+        written: dict[str, bool],
+        error: BaseException,
+    ) -> None:
+        """A write failed: the files kept are those before it (or, when only ``last.ckpt`` failed, the new top-k
+        file is kept and ``last_model_path`` is the previous one)."""
+        if written["top_k"]:
+            self.last_model_path = previous[3]
+            return
+        self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
+        self._last_global_step_saved, self._last_path = saved
+
+    def _wait_for_writes(self) -> None:
+        """Wait for the background write in flight, if any.
+
+        Raises:
+            CheckpointError: when it failed, naming the file.
+        """
+        if self._writer is not None:
+            self._writer.wait()
+
+    def _close_writer(self) -> None:
+        self._writer = None
+        if self._stager is not None:
+            self._stager.clear()
+        self._stager = None
 
     @property
     def _reserved(self) -> tuple[str, ...]:

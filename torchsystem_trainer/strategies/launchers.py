@@ -64,7 +64,8 @@ KILL_GRACE_S = 3.0
 
 
 class GroupMember(Protocol):
-    """What the launcher needs of a strategy: how long collectives wait, and joining and leaving the group."""
+    """What the launcher needs of a strategy: how long collectives wait, joining and leaving the group, and running
+    a function in it (``launch``, which in a process of a group runs the function there, watched)."""
 
     @property
     def timeout(self) -> timedelta: ...
@@ -74,6 +75,8 @@ class GroupMember(Protocol):
     ) -> None: ...
 
     def destroy_process_group(self) -> None: ...
+
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
 
 
 class ProcessRaisedError(RuntimeError):
@@ -281,7 +284,7 @@ def _worker(local_rank: int, spec: _Spec) -> None:
         store = dist.TCPStore(spec.host, spec.port, None, False, timeout=strategy.timeout)
         strategy.init_process_group(store=store, rank=rank, world_size=spec.world_size)
         try:
-            result = function(*args, **kwargs)
+            result = strategy.launch(function, *args, **kwargs)  # in the group now: runs here, watched
             if rank == 0:
                 _write_output(folder / "output.pt", result, args)
         except BaseException as error:
