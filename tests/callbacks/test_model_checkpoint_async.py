@@ -28,8 +28,8 @@ WAIT_S = 30  # the most a gated write waits for the training thread: a bound on 
 
 
 class Gate(Callback):
-    """Counts the training thread's moves (each trained batch, the fit's end); a background write held by the gate
-    waits until the training thread has moved since the write began."""
+    """Counts the training thread's moves (each trained batch, the fit's end); a background write of the checkpoint of
+    step ``n`` held by the gate waits until the training thread has trained step ``n + 1`` (or ended)."""
 
     def __init__(self) -> None:
         self.moves = 0
@@ -48,10 +48,11 @@ class Gate(Callback):
             self.ended = True
             self.changed.notify_all()
 
-    def hold(self) -> None:
-        """Called by a background write as it starts: wait until the training thread moves on."""
+    def hold(self, step: int) -> None:
+        """Called by the background write of step ``step``'s checkpoint as it starts: wait until the training thread
+        has moved past that step."""
         with self.changed:
-            start = self.moves
+            start = step
             self.writes.append(self.running)
             self.running += 1
             moved = self.changed.wait_for(lambda: self.moves > start or self.ended, WAIT_S)
@@ -70,7 +71,7 @@ def gated(monkeypatch):
 
     def gated_save(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:
         if threading.current_thread() is not threading.main_thread():
-            gate.hold()
+            gate.hold(obj["loop"]["progress"]["global_step"])
             try:
                 return real_save(obj, handle, *args, **kwargs)
             finally:
@@ -129,9 +130,26 @@ def test_async_files_hold_what_synchronous_ones_hold_at_the_same_steps(tmp_path,
         assert torch.equal(a, b)
 
 
-def test_one_write_at_a_time_and_the_fit_waits_for_the_last(tmp_path, gated):
+def test_one_write_at_a_time_and_the_fit_waits_for_the_last(tmp_path, gated, monkeypatch):
+    pending_at_staging: list[bool] = []
+    real_stage = Stager.stage
+
+    def stage(stager: Stager, state: Any) -> Any:  # the buffers are reused: no write may be reading them
+        pending_at_staging.append(any(not writer.done() for writer in writers))
+        return real_stage(stager, state)
+
+    writers: list[AsyncWriter] = []
+    real_init = AsyncWriter.__init__
+
+    def init(writer: AsyncWriter, *args: Any, **kwargs: Any) -> None:
+        real_init(writer, *args, **kwargs)
+        writers.append(writer)
+
+    monkeypatch.setattr(Stager, "stage", stage)
+    monkeypatch.setattr(AsyncWriter, "__init__", init)
     trainer, _, _ = fit(tmp_path, async_save=True, callbacks=[gated])
     assert gated.writes == [0, 0, 0, 0]  # no write started while another was running
+    assert pending_at_staging == [False] * 4  # each staging waited for the previous write
     # fit returned: the last write (held until FitEnded) is complete, and last.ckpt holds the final step
     assert read_checkpoint(tmp_path / "last.ckpt")["loop"]["progress"]["global_step"] == trainer.global_step == 12
     assert not list(tmp_path.glob(".*.tmp"))

@@ -13,7 +13,9 @@ global generator in the dataset when ``workers == 0``), checkpointing every 3 st
 
 Options: ``"ema"`` adds ``EMA(decay=0.9)``; ``"swa"`` adds ``StochasticWeightAveraging`` from the second epoch;
 ``"restore_best"`` sets ``EarlyStopping(restore_best_weights=True)``. Each changes the final weights (the average,
-or the best epoch's), so a resume that lost their state ends elsewhere.
+or the best epoch's), so a resume that lost their state ends elsewhere. ``"async"`` writes the checkpoints in the
+background (``ModelCheckpoint(async_save=True)``: the ``torn``/``replace`` kills then land in the writing thread);
+``"slurm"`` adds ``SLURMRequeue()`` (``SIGUSR1`` stops the fit with a checkpoint, then ``scontrol requeue``).
 
 When it runs to the end it writes ``{"weights", "reason", "epoch", "global_step", "interrupted"}`` to ``out``.
 The tests run :func:`main` in processes forked from a forkserver that has imported this module (a fresh
@@ -39,7 +41,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from torchsystem_trainer import Aggregate, Trainer
-from torchsystem_trainer.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint, StochasticWeightAveraging
+from torchsystem_trainer.callbacks import (
+    EMA,
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    SLURMRequeue,
+    StochasticWeightAveraging,
+)
 from torchsystem_trainer.checkpoint import save_atomic
 
 SAMPLES, FEATURES, CLASSES, BATCH = 64, 8, 3, 8  # 8 batches per epoch
@@ -181,7 +190,7 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
 
     Args:
         config: ``{"dirpath", "out", "workers", "augment", "persistent", "resume", "kill", "slow",
-            "report", "signal": [number, step], "ema", "swa", "restore_best"}``.
+            "report", "signal": [number, step], "ema", "swa", "restore_best", "async", "slurm"}``.
         ready: an event to set once the imports are done and the fit is about to start.
     """
     torch.set_num_threads(1)
@@ -196,8 +205,17 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
         callbacks.append(EMA(decay=0.9))
     if config.get("swa"):
         callbacks.append(StochasticWeightAveraging(swa_lrs=0.002, swa_epoch_start=2, annealing_epochs=2))
-    checkpoint = ModelCheckpoint(config["dirpath"], every_n_steps=3, every_n_epochs=1, save_top_k=2, save_last=True)
+    checkpoint = ModelCheckpoint(
+        config["dirpath"],
+        every_n_steps=3,
+        every_n_epochs=1,
+        save_top_k=2,
+        save_last=True,
+        async_save=bool(config.get("async")),
+    )
     callbacks.append(checkpoint)
+    if config.get("slurm"):
+        callbacks.append(SLURMRequeue())
     if kill.get("event") in ("BatchTrained", "EpochStarted", "FitEnded"):
         callbacks.append(Kill(kill["event"], kill.get("at")))
     if config.get("slow"):

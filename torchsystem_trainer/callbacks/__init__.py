@@ -9,6 +9,7 @@ from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
 from torchsystem_trainer.callbacks.monitor import MonitorError
 from torchsystem_trainer.callbacks.nan_detector import NaNDetector, NonFiniteError
 from torchsystem_trainer.callbacks.progress_bar import ProgressBar
+from torchsystem_trainer.callbacks.slurm_requeue import SLURMRequeue
 from torchsystem_trainer.callbacks.swa import StochasticWeightAveraging
 from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 from torchsystem_trainer.callbacks.timer import Timer
@@ -26,6 +27,7 @@ __all__ = [
     "NaNDetector",
     "NonFiniteError",
     "ProgressBar",
+    "SLURMRequeue",
     "StochasticWeightAveraging",
     "TensorBoardLogger",
     "Timer",

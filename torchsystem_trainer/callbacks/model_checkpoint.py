@@ -294,7 +294,14 @@ class ModelCheckpoint(Callback):
         return checkpoint_state(trainer, aggregate)
 
     def _save(self, trainer: Any, aggregate: Any, epoch: int, results: dict[str, float]) -> None:
-        """Write the top-k file (when it ranks) and ``last.ckpt``; delete files that left the top k last."""
+        """Write the top-k file (when it ranks) and ``last.ckpt``; delete files that left the top k last. With
+        ``async_save``, the previous background write is waited for first: its outcome decides what is kept, and
+        the staging buffers it is writing from are reused for this one.
+
+        Raises:
+            CheckpointError: when the previous background write failed, naming its file.
+        """
+        self._wait_for_writes()
         folder = self.dirpath or self._resolve(trainer)
         step = trainer.progress.global_step
         score: float | None = None

@@ -66,7 +66,9 @@ class Trainer:
 
     Args:
         callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
-            (``ModelCheckpoint``) run after all others: ``Callback`` subclasses, or any ``Consumer`` (seed style,
+            (``ModelCheckpoint``) run after all others but those that declare ``runs_after_checkpoints = True``
+            (``SLURMRequeue``, which requeues a job once its checkpoint is written), which run last: ``Callback``
+            subclasses, or any ``Consumer`` (seed style,
             handlers with ``Depends``). Checked here: a ``Callback`` method that looks
             like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
@@ -150,9 +152,9 @@ class Trainer:
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
         callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
-        # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
-        # same event (Lightning does the same; its issue #1464).
-        self.callbacks: list[Consumer] = sorted(callbacks, key=lambda c: callable(getattr(c, "checkpoint_path", None)))
+        # Checkpoint callbacks run after the others, so the state they save includes every other callback's update of
+        # the same event (Lightning does the same; its issue #1464); those that act on the files written run last.
+        self.callbacks: list[Consumer] = sorted(callbacks, key=_dispatch_order)
         self._subscriptions = check.subscriptions(self.callbacks)
 
         self.loop = LoopState()
@@ -595,6 +597,13 @@ class _Outcome(NamedTuple):
 
     result: Any
     state: dict[str, Any] | None
+
+
+def _dispatch_order(callback: Any) -> int:
+    """0: a callback; 1: a checkpoint callback (it has ``checkpoint_path``); 2: one that ``runs_after_checkpoints``."""
+    if getattr(callback, "runs_after_checkpoints", False) is True:
+        return 2
+    return int(callable(getattr(callback, "checkpoint_path", None)))
 
 
 def _is_stateful(callback: Any) -> bool:
