@@ -37,6 +37,7 @@ import os
 import pickle
 import shutil
 import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -360,7 +361,9 @@ def _load_shards(
             targets[key] = template(path, list(shape), getattr(torch, dtype))
             paths[tuple(path)] = key
     if targets:
-        load(targets, storage_reader=dcp.FileSystemReader(folder), **options)
+        with warnings.catch_warnings():  # DCP warns when it loads in one process: the intent with no_dist
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+            load(targets, storage_reader=dcp.FileSystemReader(folder), **options)
     filled = _fill(state, [], {path: targets[key] for path, key in paths.items()})
     filled.pop("sharded")
     return cast(dict[str, Any], filled)

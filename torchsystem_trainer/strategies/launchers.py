@@ -345,18 +345,20 @@ def _watch(processes: list[Any], folder: Path, world_size: int) -> None:
     """
     waiting = {process.sentinel: rank for rank, process in enumerate(processes)}
     failed: int | None = None
+    exited: set[int] = set()  # by themselves, not stopped here
     try:
         while waiting and failed is None:
             for sentinel in multiprocessing.connection.wait(list(waiting)):
                 rank = waiting.pop(sentinel)  # type: ignore[call-overload]
                 processes[rank].join()
+                exited.add(rank)
                 if processes[rank].exitcode != 0 and failed is None:
                     failed = rank
     finally:
         if waiting:  # a failure, or the caller was interrupted (Ctrl-C): stop the rest, never leave orphans
             _stop(processes)
     if failed is not None:
-        _raise_failure(processes, folder, failed, world_size)
+        _raise_failure(processes, folder, failed, world_size, exited)
 
 
 def _stop(processes: list[Any]) -> None:
@@ -385,14 +387,21 @@ def root_cause(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(records, key=lambda record: (record["time"], record["rank"]), default=None)
 
 
-def _raise_failure(processes: list[Any], folder: Path, failed: int, world_size: int) -> None:
+def _raise_failure(
+    processes: list[Any], folder: Path, failed: int, world_size: int, exited: set[int] | None = None
+) -> None:
     records = []
     for path in sorted(folder.glob("error-*.pkl")):
         try:
             records.append(pickle.loads(path.read_bytes()))
         except Exception:
             continue
-    record = root_cause(records)
+    # A rank killed by a signal from outside (SIGKILL, the out-of-memory killer) writes no record; its peers then
+    # fail in a collective ("connection closed") and do: the killed rank is the root cause, not their errors.
+    recorded = {record["rank"] for record in records}
+    killed = [r for r in sorted(exited or ()) if (processes[r].exitcode or 0) < 0 and r not in recorded]
+    record = None if killed else root_cause(records)
+    failed = killed[0] if killed else failed
     if record is None:
         code = processes[failed].exitcode
         if code == 0:
