@@ -132,7 +132,7 @@ class Reloaded(Callback):
         if not event.trainer.is_global_zero:
             return
         saved = read_consolidated(self.folder)["aggregate"]
-        self.equal["world_size"] = event.trainer.world_size == 3
+        self.equal["world_size"] = event.trainer.world_size
         self.equal["modules"] = all(torch.equal(state["modules"][k], v) for k, v in saved["modules"].items())
         got, want = state["optimizers"]["optimizer"], saved["optimizers"]["optimizer"]
         self.equal["optimizer"] = got["param_groups"] == want["param_groups"] and all(
@@ -146,7 +146,7 @@ class Reloaded(Callback):
         self.equal = state["equal"]
 
 
-def test_a_checkpoint_of_two_processes_reloads_exactly_on_three_and_the_fit_goes_on(tmp_path):
+def test_a_checkpoint_of_two_processes_reloads_exactly_on_three_and_on_one_and_the_fit_goes_on(tmp_path):
     train, validation = datasets()
     loaders = [("train", DataLoader(train, batch_size=2, shuffle=True)), ("validation", DataLoader(validation, batch_size=3))]
     torch.manual_seed(SEED)
@@ -175,11 +175,19 @@ def test_a_checkpoint_of_two_processes_reloads_exactly_on_three_and_the_fit_goes
     )
     aggregate = Wide()
     resumed.fit(aggregate, loaders, ckpt_path=folder)
-    assert probe.equal == {"world_size": True, "modules": True, "optimizer": True}
-    # the unfinished epoch went on after the 8 samples the 2 processes had consumed (2 batches of 2 on each of 3
-    # processes: 12 remain, with a warning in the processes), then a whole epoch of 4 steps on 3 processes
+    assert probe.equal == {"world_size": 3, "modules": True, "optimizer": True}
+    # the unfinished epoch went on after the 16 samples the 2 processes had consumed (4 batches of 2 each: 2 on
+    # each of 3 processes, 2 remain), then a whole epoch of 4 steps on 3 processes
     assert aggregate.epoch == 2 and resumed.progress.global_step == 4 + 2 + 4
     assert all(torch.isfinite(p).all() for p in aggregate.parameters())
+
+    # on one process (here, in this one): the same exact reload, and the warning that the data order changed
+    probe = Reloaded(str(folder))
+    one = Trainer(strategy=FSDPStrategy(devices=1), max_epochs=1, callbacks=[probe], enable_progress_bar=False)
+    with pytest.warns(UserWarning, match=r"written by a run of 2 process\(es\) and this one has 1.*continues after 8"):
+        one.fit(Wide(), loaders, ckpt_path=folder)
+    assert probe.equal == {"world_size": 1, "modules": True, "optimizer": True}
+    assert one.progress.global_step == 4 + 4  # 8 of its 12 batches of 2 consumed, 4 remain
 
 
 def test_torchrun_trains_the_same_script_and_saves_a_sharded_checkpoint(tmp_path):
