@@ -133,8 +133,8 @@ class LoopState:
         Returns:
             ``{"progress": {...}, "world_size": int, "global_rank": int, "should_stop": bool,
             "train": position | None, "train_results": PhaseResults.state_dict() | None,
-            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}}``; ``"train"`` holds the global generators' states of this moment
-            (``"rng"``) when the epoch is unfinished.
+            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}}``; ``"train"`` holds the global
+            generators' states of this moment (``"rng"``) when the epoch is unfinished.
         """
         consumed = self.progress.batch
         train = self.loaders.get("train")
