@@ -210,12 +210,14 @@ def save_sharded(
         dist.broadcast_object_list(name, src=0, group=process_group)  # every process writes into rank 0's folder
     temporary = destination.parent / name[0]
     save_atomic(state.plain, temporary / f"rank-{state.rank}.pt")
-    dcp.save(
-        state.shards,
-        storage_writer=dcp.FileSystemWriter(temporary),
-        process_group=process_group,
-        no_dist=not grouped,
-    )  # returns on every process once rank 0 has written the metadata
+    with warnings.catch_warnings():  # DCP warns when it saves in one process: the intent without a group
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.save(
+            state.shards,
+            storage_writer=dcp.FileSystemWriter(temporary),
+            process_group=process_group,
+            no_dist=not grouped,
+        )  # returns on every process once rank 0 has written the metadata
     if state.rank == 0:
         _commit(temporary, destination)
     if grouped:

@@ -77,7 +77,7 @@ class Trainer:
             handlers with ``Depends``). Checked here: a ``Callback`` method that looks
             like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
-            ``"cuda"``, ``"mps"``, ``"ddp"``.
+            ``"cuda"``, ``"mps"``, ``"ddp"``, ``"fsdp"``.
         max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``.
         max_steps: stop after this many optimizer steps (>= 0); with gradient accumulation a step spans
             ``accumulate_grad_batches`` batches.
