@@ -77,6 +77,9 @@ class Trainer:
         fast_dev_run: ``True`` (or n): one epoch of 1 (or n) training and validation batches, to smoke-test a
             set-up; ``ModelCheckpoint`` and ``TensorBoardLogger`` write nothing then.
         enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
+        enable_model_summary: add a ``ModelSummary`` (a table of the aggregate's modules at each fit's start).
+        verbose: add ``ConsoleLines``: a line per epoch when no progress bar draws, and lines for how a fit
+            resumes and ends and where its files went (on stderr); ``False`` prints none of them.
         default_root_dir: where callbacks put files when not told otherwise (default ``./runs``).
         seed: seed Python, NumPy and torch at the start of every ``fit`` (see ``seed_everything``).
         deterministic: use deterministic algorithms during ``fit`` (``torch.use_deterministic_algorithms``).
@@ -104,6 +107,8 @@ class Trainer:
         limit_val_batches: int | float | None = None,
         fast_dev_run: bool | int = False,
         enable_progress_bar: bool | None = None,
+        enable_model_summary: bool = True,
+        verbose: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         deterministic: bool = False,
@@ -131,15 +136,29 @@ class Trainer:
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
         callbacks = self._with_progress_bar(list(callbacks), enable_progress_bar)
+        from torchsystem_trainer.callbacks import ConsoleLines, ModelSummary  # upward, as for the default bar
+
+        callbacks = _with_default(
+            callbacks, ModelSummary, "is_model_summary", enable_model_summary, "enable_model_summary"
+        )
+        callbacks = _with_default(callbacks, ConsoleLines, "is_console_lines", verbose, "verbose")
         # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
-        # same event (Lightning does the same; its issue #1464).
-        self.callbacks: list[Consumer] = sorted(callbacks, key=lambda c: callable(getattr(c, "checkpoint_path", None)))
+        # same event (Lightning does the same; its issue #1464); only callbacks that report on them (ConsoleLines)
+        # run after them.
+        self.callbacks: list[Consumer] = sorted(
+            callbacks,
+            key=lambda c: (
+                bool(getattr(c, "runs_after_checkpoints", False)),
+                callable(getattr(c, "checkpoint_path", None)),
+            ),
+        )
         self._subscriptions = check.subscriptions(self.callbacks)
 
         self.progress = Progress()
         self.should_stop = False
         self.interrupted = False
         self.received_signal: int | None = None
+        self.ckpt_path: Path | None = None  # the checkpoint the last fit resumed from (Lightning's ckpt_path)
         self.callback_metrics: dict[str, float] = {}
         self._bus = EventBus([], [])
         self._phase_results: dict[str, PhaseResults] = {}
@@ -345,7 +364,7 @@ class Trainer:
         if self.seed is not None:
             seed_everything(self.seed)
         self.should_stop = self.interrupted = self._signal_set_stop = False
-        self.received_signal = None
+        self.received_signal = self.ckpt_path = None
         self.progress = Progress()
         self.callback_metrics = {}
         self._position = TrainPosition()
@@ -508,6 +527,7 @@ class Trainer:
         path = resolve_checkpoint_path(self, ckpt_path)
         if path is not None:
             restore(self, aggregate, path)
+            self.ckpt_path = path
 
     def _with_progress_bar(self, callbacks: list[Consumer], enabled: bool | None) -> list[Consumer]:
         has_bar = any(getattr(callback, "is_progress_bar", False) for callback in callbacks)
@@ -520,3 +540,16 @@ class Trainer:
 
             callbacks.append(ProgressBar())
         return callbacks
+
+
+def _with_default(callbacks: list[Consumer], default: type, flag: str, enabled: bool, argument: str) -> list[Consumer]:
+    """Add a ``default()`` callback when ``enabled`` and no callback says ``flag``; refuse one given with
+    ``enabled=False``."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"Trainer: {argument}={enabled!r} is invalid; valid: True or False")
+    given = any(getattr(callback, flag, False) for callback in callbacks)
+    if not enabled and given:
+        raise ValueError(f"{argument}=False, but callbacks holds a {default.__name__}: remove one of them")
+    if enabled and not given:
+        callbacks.append(default())
+    return callbacks
