@@ -215,7 +215,8 @@ def _ending(trainer: Any, aggregate: Any, reason: str, exception: BaseException 
     if reason == "max_steps":
         return f"Stopped: max_steps={trainer.max_steps} reached at {where}"
     if reason == "max_time":
-        return f"Stopped: max_time={format_duration(trainer.max_time)} elapsed at {where}"
+        limit = trainer.max_time
+        return f"Stopped: max_time={f'{limit:g} s' if limit < 60 else format_duration(limit)} elapsed at {where}"
     if reason == "stopped":
         for callback in trainer.callbacks:
             why = getattr(callback, "stopping_reason", None)

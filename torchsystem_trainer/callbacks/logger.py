@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -73,9 +74,10 @@ class LoggerWarning(UserWarning):
     """A logger raised; it writes nothing more in this run, and the fit goes on."""
 
 
-class Logger(Callback):
-    """Base class of loggers: subclasses implement :meth:`log_hyperparams` and :meth:`log_metrics`, and may
-    implement :meth:`start`, :meth:`save` and :meth:`finalize` (see the module docstring for when each runs).
+class Logger(Callback, ABC):
+    """Base class of loggers: subclasses implement :meth:`log_hyperparams` and :meth:`log_metrics` (abstract: a
+    subclass without them cannot be built), and may implement :meth:`start`, :meth:`save` and :meth:`finalize`
+    (see the module docstring for when each runs).
 
     Args:
         log_every_n_steps: write :meth:`step_metrics` every this many training batches (>= 1). Reading a loss
@@ -119,28 +121,22 @@ class Logger(Callback):
                 ``"test"`` outside a fit (which file loggers write next to the last fit's files).
         """
 
+    @abstractmethod
     def log_hyperparams(self, params: Mapping[str, HParam]) -> None:
         """Write the run's hyper-parameters (Lightning's ``log_hyperparams``).
 
         Args:
             params: flat ``{key: value}``, see :func:`~torchsystem_trainer.callbacks.hyperparameters.hyperparameters`.
-
-        Raises:
-            NotImplementedError: unless a subclass implements it.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement log_hyperparams(params)")
 
+    @abstractmethod
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Write values at ``step`` (Lightning's ``log_metrics``).
 
         Args:
             metrics: ``{key: value}``; keys as in the module docstring's table.
             step: the x-axis value, see the module docstring.
-
-        Raises:
-            NotImplementedError: unless a subclass implements it.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement log_metrics(metrics, step)")
 
     def save(self) -> None:
         """Flush what was written (after each epoch's results, and before :meth:`finalize`). Nothing by default."""
