@@ -76,8 +76,14 @@ def test_a_resumed_fit_says_from_where(tmp_path):
 @pytest.mark.parametrize(
     "scenario, ending, epochs",
     [
-        ("early", r"Stopped early at epoch 2/5, step 8: EarlyStopping: validation/loss did not improve by more "
-                  r"than 10 in the last 1 check\(s\) \(best 0\.\d+\)", [(1, 4), (2, 8)]),
+        (
+            "early",
+            (
+                r"Stopped early at epoch 2/5, step 8: EarlyStopping: validation/loss did not improve by more than "
+                r"10 in the last 1 check\(s\) \(best 0\.\d+\)"
+            ),
+            [(1, 4), (2, 8)],
+        ),
         ("max_steps", r"Stopped: max_steps=6 reached at epoch 2/5, step 6", [(1, 4), (2, 6)]),
         ("max_time", r"Stopped: max_time=1e-06 s elapsed at epoch 1/5, step 1", [(1, 1)]),
         ("interrupt", r"Interrupted by SIGTERM at epoch 1/5 \+ 2 batches, step 6", [(1, 4)]),

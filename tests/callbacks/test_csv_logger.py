@@ -81,7 +81,8 @@ def test_new_columns_rewrite_the_file_with_one_header_and_keep_every_row(tmp_pat
     columns, rows = read(logger.metrics_file)
     assert columns == ["step", "epoch", "train/loss", "validation/loss", "test/loss"]
     assert [{key: value for key, value in row.items() if key != "test/loss"} for row in rows[:2]] == before
-    assert rows[2] == {"step": "0", "epoch": "", "train/loss": "", "validation/loss": "", "test/loss": str(results["loss"])}
+    empty = {"epoch": "", "train/loss": "", "validation/loss": ""}
+    assert rows[2] == {"step": "0", **empty, "test/loss": str(results["loss"])}
     assert logger.metrics_file.read_text().count("step,") == 1
     assert sorted(path.name for path in logger.log_dir.iterdir()) == ["hparams.yaml", "metrics.csv"]  # no leftovers
 

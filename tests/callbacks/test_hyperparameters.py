@@ -117,7 +117,8 @@ def test_several_param_groups_are_numbered_and_live_values_win():
     model.optimizer.param_groups[1]["lr"] = 0.02  # a scheduler changed it
     params = hyperparameters(model)
     assert params["optimizer"] == "SGD"
-    assert params["optimizer/0/lr"] == 0.1 and params["optimizer/1/lr"] == 0.02 and params["optimizer/1/momentum"] == 0.9
+    assert params["optimizer/0/lr"] == 0.1 and params["optimizer/1/lr"] == 0.02
+    assert params["optimizer/1/momentum"] == 0.9
     assert not any(key.startswith("trainer/") for key in params)
 
 

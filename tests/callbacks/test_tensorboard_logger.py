@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -173,9 +172,7 @@ def test_the_hparams_tab_shows_every_run_with_its_best_final_and_test_values(tmp
     runs = {}
     for lr in (0.05, 0.2):
         logger, stopping = TensorBoardLogger(log_every_n_steps=1000), EarlyStopping(patience=10)
-        trainer, aggregate, recorder = fit(
-            tmp_path, logger, epochs=3, extra=[stopping], aggregate=Classifier(lr=lr)
-        )
+        trainer, aggregate, recorder = fit(tmp_path, logger, epochs=3, extra=[stopping], aggregate=Classifier(lr=lr))
         test = trainer.test(aggregate, make_data()[:2])
         runs[logger.log_dir.name] = (lr, stopping.best_score, recorder.results[-1][2], test)
 
@@ -207,7 +204,7 @@ def test_the_hparams_tab_shows_every_run_with_its_best_final_and_test_values(tmp
 
 def test_validate_and_test_after_a_fit_write_into_its_directory(tmp_path):
     logger = TensorBoardLogger(log_hyperparameters=False)
-    trainer, aggregate, recorder = fit(tmp_path, logger, epochs=1, validation=False)
+    trainer, aggregate, _ = fit(tmp_path, logger, epochs=1, validation=False)
     results = trainer.test(aggregate, make_data()[:2])
     again = trainer.test(aggregate, make_data()[2:])
     validated = trainer.validate(aggregate, make_data()[:1])

@@ -16,7 +16,12 @@ class Activation(nn.Module):
 @register(excluded_kwargs=["device"])
 class Net(nn.Module):
     def __init__(
-        self, inputs: int, hidden: int = 32, activation: nn.Module = Activation(), *extra: int, device: str = "cpu",
+        self,
+        inputs: int,
+        hidden: int = 32,
+        activation: nn.Module = Activation(),  # noqa: B008 (a registered default instance, on purpose)
+        *extra: int,
+        device: str = "cpu",
         **options: float,
     ) -> None:
         super().__init__()

@@ -187,7 +187,7 @@ def format_duration(seconds: float) -> str:
     """
     if seconds < 60:
         return f"{seconds:.2f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
+    minutes, rest = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {rest} s"
     hours, minutes = divmod(minutes, 60)

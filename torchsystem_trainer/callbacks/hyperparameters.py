@@ -37,7 +37,7 @@ captured arguments and are left out, by definition.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Union
+from typing import Any
 
 from torch import Tensor
 from torch.nn import Module
@@ -47,7 +47,7 @@ from torchsystem_trainer.registry import UnregisteredError, getname, getparamete
 
 __all__ = ["HParam", "hyperparameters"]
 
-HParam = Union[bool, int, float, str, None]
+HParam = bool | int | float | str | None
 """One hyper-parameter's value, as :func:`hyperparameters` returns them."""
 
 _TRAINER_SETTINGS = (

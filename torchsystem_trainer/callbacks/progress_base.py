@@ -18,7 +18,7 @@ when a fit, ``validate``, ``test`` or ``predict`` raised or was interrupted).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 

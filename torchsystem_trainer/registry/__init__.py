@@ -21,8 +21,8 @@ from torchsystem_trainer.registry.registration import register
 from torchsystem_trainer.registry.registry import Registry
 
 __all__ = [
-    "Registry",
     "RegistrationError",
+    "Registry",
     "UnregisteredError",
     "getarguments",
     "getclass",
