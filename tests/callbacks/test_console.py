@@ -15,7 +15,7 @@ import torch
 from tests.conftest import Classifier, make_data
 from torchsystem_trainer import Trainer
 from torchsystem_trainer.callbacks import ConsoleLines, ProgressBar
-from torchsystem_trainer.callbacks.console import format_duration, format_results
+from torchsystem_trainer.callbacks.console import format_duration, format_number, format_results
 
 ROOT = Path(__file__).resolve().parents[2]
 TIME = r"\d+\.\d\d s"
@@ -51,13 +51,13 @@ def test_a_completed_fit_its_tests_and_where_the_files_went(tmp_path):
         epoch_line(2, 2, 8, second),
         r"Fit completed at epoch 2/2, step 8 in " + TIME,
         re.escape(f"Checkpoints: {tmp_path / 'checkpoints'} (best: epoch=1-step=8.ckpt, "
-                  f"validation/loss={out['best']:.4g}; last: last.ckpt)"),
+                  f"validation/loss={format_number(out['best'])}; last: last.ckpt)"),
         re.escape(f"Logs: {tmp_path / 'tb' / 'Classifier' / 'version_0'} (TensorBoardLogger), "
                   f"{tmp_path / 'csv' / 'Classifier' / 'version_0'} (CSVLogger)"),
-        re.escape(f"test: loss={out['tests'][0]['loss']:.4g} | ") + TIME,
+        re.escape(f"test: loss={format_number(out['tests'][0]['loss'])} | ") + TIME,
         r"validate: loss=\d\.\d+ \| " + TIME,
     ])
-    assert lines[0].startswith(f"epoch 1/2, step 4: train loss={first['train/loss']:.4g} | validation loss=")
+    assert lines[0].startswith(f"epoch 1/2, step 4: train loss={first['train/loss']:.4f} | validation loss=")
 
 
 @pytest.mark.slow
@@ -161,4 +161,13 @@ def test_format_duration(seconds, text):
 
 def test_format_results_groups_by_phase():
     results = {"train/loss": 0.123456, "train/acc": 0.5, "validation/loss": 2.0, "plain": 1e-7}
-    assert format_results(results) == "train loss=0.1235 acc=0.5 | validation loss=2 | plain=1e-07"
+    assert format_results(results) == "train loss=0.1235 acc=0.5000 | validation loss=2.0000 | plain=1e-07"
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [(0.0, "0.0000"), (0.36, "0.3600"), (-1.5, "-1.5000"), (0.001, "0.0010"), (9999.5, "9999.5000"),
+     (1.234567e-5, "1.235e-05"), (123456.0, "1.235e+05"), (float("nan"), "nan"), (float("inf"), "inf")],
+)
+def test_format_number(value, text):
+    assert format_number(value) == text

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         Validated,
     )
 
-__all__ = ["ConsoleLines", "format_duration", "format_results"]
+__all__ = ["ConsoleLines", "format_duration", "format_number", "format_results"]
 
 
 class ConsoleLines(Callback):
@@ -154,8 +154,8 @@ class ConsoleLines(Callback):
 
 
 def format_results(results: dict[str, float]) -> str:
-    """``{"train/loss": 0.5, "validation/loss": 0.4}`` -> ``"train loss=0.5 | validation loss=0.4"``: grouped
-    by phase in the order given, each value with 4 significant digits.
+    """``{"train/loss": 0.5, "validation/loss": 0.4}`` -> ``"train loss=0.5000 | validation loss=0.4000"``:
+    grouped by phase in the order given, each value as :func:`format_number` writes it.
 
     Args:
         results: ``"<phase>/<name>"`` keys (``Iterated.results``).
@@ -173,7 +173,22 @@ def format_results(results: dict[str, float]) -> str:
 
 
 def _pairs(values: dict[str, float]) -> str:
-    return " ".join(f"{name}={value:.4g}" for name, value in values.items())
+    return " ".join(f"{name}={format_number(value)}" for name, value in values.items())
+
+
+def format_number(value: float) -> str:
+    """Four decimals where that keeps four significant digits, so epoch lines align (Keras prints ``0.3601``);
+    otherwise four significant digits (``1.235e-05``, ``1.234e+05``).
+
+    Args:
+        value: a result.
+
+    Returns:
+        The text: ``0.36`` -> ``"0.3600"``, ``0`` -> ``"0.0000"``, ``nan`` -> ``"nan"``.
+    """
+    if value == 0 or 0.001 <= abs(value) < 10_000:
+        return f"{value:.4f}"
+    return f"{value:.4g}"
 
 
 def format_duration(seconds: float) -> str:
@@ -247,7 +262,7 @@ def _checkpoints(trainer: Any) -> str:
         files = []
         if best:
             score, monitor = getattr(callback, "best_model_score", None), getattr(callback, "monitor", None)
-            shown = f", {monitor}={score:.4g}" if isinstance(score, float) and monitor else ""
+            shown = f", {monitor}={format_number(score)}" if isinstance(score, float) and monitor else ""
             files.append(f"best: {_name(best)}{shown}")
         if last:
             files.append(f"last: {_name(last)}")
