@@ -150,3 +150,13 @@ def test_yaml_reads_back_what_was_written():
     assert math.isnan(nan)
     assert yaml.safe_load(to_yaml({})) == {}
     assert to_yaml({"nn/hidden_size": 256, "optimizer/lr": 0.001}) == "nn/hidden_size: 256\noptimizer/lr: 0.001\n"
+
+
+def test_learning_rates_from_the_monitor_reach_the_csv_too(tmp_path):
+    from torchsystem_trainer.callbacks import LearningRateMonitor
+
+    logger = CSVLogger(log_every_n_steps=100)
+    fit(tmp_path, logger, epochs=2, extra=[LearningRateMonitor()])
+    columns, rows = read(logger.metrics_file)
+    assert columns == ["step", "epoch", "lr-SGD", "train/loss", "validation/loss"]
+    assert [(row["step"], row["lr-SGD"]) for row in rows if row["lr-SGD"]] == [("0", "0.1"), ("4", "0.1")]

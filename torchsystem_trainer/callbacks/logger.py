@@ -149,6 +149,17 @@ class Logger(Callback, ABC):
                 ``"stopped"``, ``"interrupted"``, ``"exception"``) or ``StageEnded.reason``.
         """
 
+    def record(self, metrics: Mapping[str, float], step: int) -> None:
+        """Write values another callback measured (``LearningRateMonitor``'s rates) through :meth:`log_metrics`,
+        guarded as the base's own calls are; nothing outside a run, under ``fast_dev_run``, or after a failure.
+
+        Args:
+            metrics: ``{key: value}``.
+            step: the x-axis value, as for the base's values (``trainer.progress.step`` or ``BatchTrained.step``).
+        """
+        if self._run is not None:
+            self._guard(lambda: self.log_metrics(metrics, step), "log_metrics")
+
     def step_metrics(self, event: BatchTrained) -> dict[str, float]:
         """The values written on a logging step: ``{"train/loss_step": loss}``, read from the device once.
 
