@@ -13,9 +13,9 @@ Lines, in order:
 - At ``FitStarted``, when the fit resumes from a checkpoint (``trainer.ckpt_path``): the file, the epoch and the
   step it resumes at; when it starts at an aggregate's epoch above 0 without one, that epoch.
 - At each ``Iterated``: ``epoch k/N`` (``k``: the epochs completed, the aggregate's ``epoch``; ``N``:
-  ``max_epochs``, left out when there is none), the step (training batches so far), every phase's results, the
-  epoch's wall time. Only when no progress bar draws (the default bar draws only when stderr is a terminal, and
-  shows the same results), unless ``epochs=True``.
+  ``max_epochs``, left out when there is none), the step (``trainer.global_step``: optimizer steps, what
+  ``max_steps`` counts), every phase's results, the epoch's wall time. Only when no progress bar draws (the
+  default bar draws only when stderr is a terminal, and shows the same results), unless ``epochs=True``.
 - At ``FitEnded``, one line for how it ended: completed (epochs, steps, wall time), stopped (the callback's reason,
   as ``EarlyStopping.stopping_reason``, or ``trainer.should_stop``), ``max_steps``/``max_time`` reached,
   interrupted (the signal, or ``KeyboardInterrupt``), failed (the exception); then where the checkpoints went
