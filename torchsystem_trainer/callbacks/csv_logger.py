@@ -209,9 +209,9 @@ def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file and rename it over ``path``: a reader sees the old file or the new one, never half
+    of one. No ``fsync``: these are logs, not checkpoints, and a sync costs a short fit milliseconds."""
     partial = path.with_name(f".{path.name}.partial")
     with open(partial, "w", newline="", encoding="utf-8") as file:
         file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
     os.replace(partial, path)

@@ -75,7 +75,7 @@ class Trainer:
         limit_train_batches, limit_val_batches: run at most this many batches per epoch (an ``int``), or this
             fraction of the loader (a ``float`` in ``[0, 1]``).
         fast_dev_run: ``True`` (or n): one epoch of 1 (or n) training and validation batches, to smoke-test a
-            set-up; ``ModelCheckpoint`` and ``TensorBoardLogger`` write nothing then.
+            set-up; ``ModelCheckpoint`` and the loggers write nothing then.
         enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
         enable_model_summary: add a ``ModelSummary`` (a table of the aggregate's modules at each fit's start).
         verbose: add ``ConsoleLines``: a line per epoch when no progress bar draws, and lines for how a fit
