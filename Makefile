@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: test demo bench lint clean
+.PHONY: test test-fast demo bench lint clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ $(VENV)/.bench: $(VENV)/.torch pyproject.toml
 test: $(VENV)/.test
 	$(PY) -m pytest -q
 
+# everything but the tests marked slow (several processes, real data): a quick check while editing
+test-fast: $(VENV)/.test
+	$(PY) -m pytest -q -m "not slow"
+
 demo: $(VENV)/.examples
 	$(PY) -m examples.mnist
 
@@ -38,6 +42,7 @@ bench: $(VENV)/.bench
 
 lint: $(VENV)/.test
 	$(PY) -m mypy torchsystem_trainer
+	$(PY) -m ruff check torchsystem_trainer
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

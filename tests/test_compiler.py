@@ -68,6 +68,34 @@ def test_steps_run_in_order_passing_each_result_to_the_next() -> None:
     assert compiler.steps == [first, second, third, fourth]
 
 
+def test_steps_is_the_live_pipeline_as_upstream() -> None:
+    compiler = Compiler[str]()
+
+    @compiler.step
+    def build(name: str) -> str:
+        return name
+
+    @compiler.step
+    def move(name: str, device: str = Depends(device)) -> str:
+        return f"{name}@{device}"
+
+    compiler.override(device, lambda: "cpu")
+    compiler.steps.append(str.upper)  # appended directly: run as it is
+    assert compiler.compile("mlp") == "MLP@CPU"
+    compiler.steps.remove(move)
+    assert compiler.compile("mlp") == "MLP"
+    compiler.steps.clear()
+    with pytest.raises(ValueError, match="has no steps"):
+        compiler.compile("mlp")
+
+
+def test_depends_and_compile_are_importable_from_the_compiler_module_as_upstream() -> None:
+    from torchsystem_trainer import compiler as module
+
+    assert module.Depends is Depends and module.compile is torch.compile
+    assert {"Compiler", "Depends", "compile"} <= set(module.__all__)
+
+
 def test_step_returns_a_directly_callable_injected_function() -> None:
     compiler = Compiler[str]()
 

@@ -356,6 +356,7 @@ def test_depends_returns_a_marker_and_rejects_non_callables() -> None:
     marker = Depends(device)
     assert isinstance(marker, Dependency)
     assert marker.dependency is device
+    assert marker.callable is device  # torchsystem 1.4.9's name for it
     assert repr(marker) == "Depends(device)"
     with pytest.raises(TypeError, match="callable"):
         Depends("device")  # type: ignore[arg-type]
@@ -400,3 +401,23 @@ def test_override_goes_through_a_subclass_dependency_overrides() -> None:
     assert custom.table == {device: str}
     with pytest.raises(TypeError, match="must be callable"):
         custom.override(device, "cpu")  # type: ignore[arg-type]
+
+
+def test_a_nested_generator_dependency_lives_until_the_handler_returned() -> None:
+    log: list[str] = []
+
+    def connection() -> Iterator[str]:
+        log.append("open")
+        yield "connection"
+        log.append("close")
+
+    def repository(connection: str = Depends(connection)) -> str:
+        return f"repository({connection})"
+
+    @inject(Provider())
+    def handler(repository: str = Depends(repository)) -> None:
+        log.append(f"use {repository}")
+
+    handler()
+    # torchsystem 1.4.9 closes the connection as soon as the repository is built, before the handler uses it
+    assert log == ["open", "use repository(connection)", "close"]

@@ -69,11 +69,16 @@ class Dependency:
         self.dependency = dependency
         self.use_cache = use_cache
 
+    @property
+    def callable(self) -> Callable[..., Any]:
+        """``dependency``, under the name torchsystem 1.4.9's ``Dependency`` gives it."""
+        return self.dependency
+
     def __repr__(self) -> str:
         return f"Depends({_name_of(self.dependency)})"
 
 
-def Depends(dependency: Callable[..., Any], *, use_cache: bool = True) -> Any:  # noqa: N802 (seed's name)
+def Depends(dependency: Callable[..., Any], *, use_cache: bool = True) -> Any:  # the seed's name
     """Declare a parameter whose value ``dependency`` provides at call time (as FastAPI's ``Depends``).
 
     Args:
@@ -163,7 +168,7 @@ class Injector:
 class _Slot:
     """A ``Depends`` parameter: its name, its index among positional parameters, and its marker."""
 
-    __slots__ = ("name", "position", "marker", "positional_only")
+    __slots__ = ("marker", "name", "position", "positional_only")
 
     def __init__(self, parameter: inspect.Parameter, position: int) -> None:
         kind = parameter.kind
@@ -177,7 +182,7 @@ class _Slot:
 class _Plan:
     """What injection needs to know about a callable, computed once from its signature."""
 
-    __slots__ = ("signature", "slots", "positional_only")
+    __slots__ = ("positional_only", "signature", "slots")
 
     def __init__(self, function: Callable[..., Any]) -> None:
         try:
@@ -220,7 +225,7 @@ def _finish(generator: Generator[Any, Any, Any], name: str) -> None:
 class _Resolution:
     """The state of one injected call: overrides, cleanup stack and the per-call cache of values."""
 
-    __slots__ = ("provider", "handler", "stack", "cache", "resolving")
+    __slots__ = ("cache", "handler", "provider", "resolving", "stack")
 
     def __init__(self, provider: Provider, handler: str) -> None:
         self.provider = provider
@@ -229,7 +234,9 @@ class _Resolution:
         self.cache: dict[Callable[..., Any], Any] = {}
         self.resolving: list[Callable[..., Any]] = []
 
-    def fill(self, plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def fill(
+        self, plan: _Plan, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Add the values of the ``Depends`` parameters that the caller did not pass."""
         count = len(args)
         positional: dict[str, Any] = {}

@@ -21,6 +21,10 @@ Files, in Lightning's layout, one ``version_N`` per run::
     <runs-dir>/<dataset>/<classifier id>/version_N/checkpoints/*.ckpt        best and last checkpoints
 
 where ``<classifier id>`` is the registry hash of the network (same hyper-parameters, same folder).
+
+``--lr-find`` runs the learning-rate range test instead of training (``Tuner(trainer).lr_find``): it prints the
+suggested ``--lr`` and writes the loss curve to ``<runs-dir>/<dataset>/<classifier id>/lr_find.png`` (with
+matplotlib installed: ``pip install 'torchsystem-trainer[plot]'``).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from torchsystem_trainer.checkpoint import load_aggregate_state, load_file
 from torchsystem_trainer.registry import gethash
 from torchsystem_trainer.strategies import PRECISIONS
 
-__all__ = ["DEFAULTS", "RunResult", "main", "parse_args", "run"]
+__all__ = ["DEFAULTS", "LRSearch", "RunResult", "find_lr", "main", "parse_args", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,21 @@ class RunResult:
     log_dir: Path
     best_checkpoint: Path | None
     epochs: int
+
+
+@dataclass(frozen=True, slots=True)
+class LRSearch:
+    """What ``--lr-find`` produced.
+
+    Attributes:
+        suggestion: the suggested learning rate, ``None`` when the curve had too few points.
+        plot: the PNG of the loss curve, ``None`` without matplotlib.
+        results: the finder's ``{"lr": [...], "loss": [...]}``.
+    """
+
+    suggestion: float | None
+    plot: Path | None
+    results: dict[str, list[float]]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -135,6 +154,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where logs and checkpoints go")
     parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=None,
                         help="draw tqdm progress bars (default: when stderr is a terminal)")
+    parser.add_argument("--lr-find", action="store_true",
+                        help="instead of training, run the learning-rate range test: print the suggested --lr and "
+                             "plot the loss curve")
     options = parser.parse_args(argv)
     defaults = DEFAULTS[options.dataset]
     options.epochs = defaults["epochs"] if options.epochs is None else options.epochs
@@ -216,20 +238,65 @@ def run(options: argparse.Namespace) -> RunResult:
     return RunResult(test=test, log_dir=log_dir, best_checkpoint=best, epochs=epochs)
 
 
-def main(argv: Sequence[str] | None = None) -> RunResult:
+def find_lr(options: argparse.Namespace) -> LRSearch:
+    """Run the learning-rate range test on the training split (``Tuner(trainer).lr_find``, 100 steps from 1e-6 to
+    1), leaving the classifier as it was, and plot its curve next to the run folders.
+
+    Args:
+        options: what :func:`parse_args` returns.
+
+    Returns:
+        The suggestion, the plot's path and the curve.
+
+    Raises:
+        FileNotFoundError, RuntimeError: as :func:`run`.
+    """
+    from torchsystem_trainer.tuner import Tuner
+
+    loaders = make_loaders(
+        options.dataset, options.batch_size, options.validation_fraction, options.seed, options.data_dir,
+        options.download,
+    )
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    parts = build_parts(loaders.features, options.hidden_size, 10, options.lr, options.dropout)
+    trainer = Trainer(strategy=options.strategy, precision=options.precision, enable_progress_bar=False,
+                      default_root_dir=options.runs_dir, seed=options.seed)
+    compilation.compiler.dependency_overrides[compilation.device] = lambda: str(trainer.strategy.root_device)
+    compilation.compiler.dependency_overrides[compilation.compile_enabled] = lambda: bool(options.compile)
+    classifier: Classifier = compilation.compiler.compile(*parts)
+    finder = Tuner(trainer).lr_find(classifier, [("train", loaders.train)], min_lr=1e-6, max_lr=1.0)
+    plot: Path | None = options.runs_dir / options.dataset / gethash(parts[0]) / "lr_find.png"
+    try:
+        finder.plot(plot)  # type: ignore[arg-type]
+    except ModuleNotFoundError:
+        plot = None
+    return LRSearch(suggestion=finder.suggestion(), plot=plot, results=finder.results)
+
+
+def main(argv: Sequence[str] | None = None) -> RunResult | LRSearch:
     """The command line entry point: parse, run, print the test results and how to open TensorBoard.
 
     Args:
         argv: the arguments without the program name; ``None`` reads ``sys.argv[1:]``.
 
     Returns:
-        The run's :class:`RunResult`.
+        The run's :class:`RunResult`; with ``--lr-find``, the :class:`LRSearch`.
 
     Raises:
         SystemExit: for ``--help`` or an invalid option.
         FileNotFoundError, RuntimeError: as :func:`run`.
     """
     options = parse_args(argv)
+    if options.lr_find:
+        search = find_lr(options)
+        shown = "none (too few points)" if search.suggestion is None else f"{search.suggestion:.3g}"
+        print(f"suggested learning rate: {shown} (train with --lr {shown})" if search.suggestion is not None
+              else f"suggested learning rate: {shown}")
+        print(f"loss curve: {search.plot}" if search.plot is not None
+              else "loss curve not plotted: pip install 'torchsystem-trainer[plot]'")
+        return search
     result = run(options)
     source = f"best checkpoint {result.best_checkpoint.name}" if result.best_checkpoint else "last weights"
     print(f"test ({source}): " + format_results(result.test))

@@ -1,5 +1,5 @@
-"""Crash tests: a training process killed with SIGKILL (at chosen steps, inside checkpoint writes, at random
-moments, several times in one run) and resumed each time with ``ckpt_path="last"`` ends with the uninterrupted run's
+"""Crash tests: a training process killed with SIGKILL (at chosen steps, inside checkpoint writes, at points
+drawn from seeded generators, several times in one run) and resumed each time with ``ckpt_path="last"`` ends with the uninterrupted run's
 weights, bit for bit; SIGTERM from outside stops it cleanly with a checkpoint.
 
 The runs are processes forked from a forkserver that has imported the training script (a fresh interpreter spends
@@ -14,7 +14,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ import torch
 from tests.checkpoint import train_script
 from torchsystem_trainer.callbacks import ModelCheckpoint
 from torchsystem_trainer.checkpoint import load_file, read_checkpoint
+
+pytestmark = pytest.mark.slow  # several processes per test
 
 SCRIPT = Path(train_script.__file__)
 KILLED = -signal.SIGKILL
@@ -37,15 +38,10 @@ def forkserver() -> Any:
     return context
 
 
-def launch(context: Any, config: dict[str, Any], kill_after: float | None = None) -> int | None:
-    """Run ``train_script.main(config)`` in a forked process; kill it ``kill_after`` seconds after it is ready."""
-    ready = context.Event()
-    process = context.Process(target=train_script.main, args=(config, ready))
+def launch(context: Any, config: dict[str, Any]) -> int | None:
+    """Run ``train_script.main(config)`` in a forked process (it kills itself where ``config["kill"]`` says)."""
+    process = context.Process(target=train_script.main, args=(config,))
     process.start()
-    if kill_after is not None:
-        assert ready.wait(120), "the training process did not start"
-        time.sleep(kill_after)
-        process.kill()
     process.join(120)
     assert process.exitcode is not None, "the training process hung"
     return process.exitcode
@@ -112,6 +108,19 @@ CHOSEN = {
 }
 
 
+AVERAGING_KILLS = [
+    {"event": "BatchTrained", "at": 5},  # epoch 0, resumes after step 3: no average yet, the best not yet known
+    {"event": "BatchTrained", "at": 14},  # mid SWA epoch 1 (resumes after step 12), an EMA of 12 steps
+    {"event": "EpochStarted", "at": 2},  # right after epoch 1's checkpoint
+    {"event": "FitEnded"},  # after the last checkpoint, before the fit took the average (or the best weights)
+]
+AVERAGING = {
+    "ema": ({"workers": 0, "augment": True, "ema": True}, AVERAGING_KILLS),
+    "swa": ({"workers": 0, "augment": True, "swa": True}, AVERAGING_KILLS),
+    "restore-best": ({"workers": 0, "augment": True, "restore_best": True}, AVERAGING_KILLS),
+}
+
+
 @pytest.mark.parametrize("name", list(CHOSEN), ids=list(CHOSEN))
 def test_sigkill_at_chosen_points_then_resume_last_is_bit_identical(name, forkserver, reference, tmp_path):
     config, kills = CHOSEN[name]
@@ -125,34 +134,58 @@ def test_sigkill_at_chosen_points_then_resume_last_is_bit_identical(name, forkse
     assert_bit_identical(weights(out), reference(name, **config))
 
 
-def test_sigkill_at_random_moments_then_resume_last_is_bit_identical(forkserver, reference, tmp_path):
-    seed = random.randrange(2**32)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(AVERAGING), ids=list(AVERAGING))
+def test_sigkill_with_ema_swa_or_best_weights_then_resume_last_is_bit_identical(name, forkserver, reference, tmp_path):
+    config, kills = AVERAGING[name]
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    base = {**config, "dirpath": str(folder), "out": str(out)}
+    for kill in kills:
+        assert launch(forkserver, {**base, "kill": kill}) == KILLED, kill
+        newest_is_loadable(folder)
+    assert launch(forkserver, base) == 0
+    final = weights(out)
+    assert_bit_identical(final, reference(name, **config))
+    plain = reference("workers0-augmented", workers=0, augment=True)
+    assert any(not torch.equal(final[key], plain[key]) for key in plain), "the feature changed nothing"
+
+
+@pytest.mark.parametrize("seed", [5, 17, 2024], ids=lambda seed: f"seed{seed}")
+def test_sigkill_at_random_points_then_resume_last_is_bit_identical(seed, forkserver, reference, tmp_path):
+    """Three kills per run at points drawn from a seeded generator: after a training step, or inside the n-th
+    checkpoint write of the process (half a file written, or a complete temporary file not yet renamed)."""
     chooser = random.Random(seed)
     folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
-    base = {"workers": 0, "augment": True, "slow": 0.01, "dirpath": str(folder), "out": str(out)}
+    base = {"workers": 0, "augment": True, "dirpath": str(folder), "out": str(out)}
+    steps = iter(sorted(chooser.sample(range(1, 25), 3)))
     kills = 0
-    for _ in range(4):
-        code = launch(forkserver, base, kill_after=chooser.uniform(0.0, 0.35))
-        if code == 0:
+    for _ in range(3):
+        event = chooser.choice(["BatchTrained", "torn", "replace"])
+        kill = {"event": event, "at": next(steps) if event == "BatchTrained" else chooser.randint(1, 3)}
+        code = launch(forkserver, {**base, "kill": kill})
+        if code == 0:  # the resumed run ended before that point: nothing left to interrupt
             break
-        assert code == KILLED, f"seed {seed}"
+        assert code == KILLED, kill
         kills += 1
         newest_is_loadable(folder)
     if not out.exists():
-        assert launch(forkserver, base) == 0, f"seed {seed}"
+        assert launch(forkserver, base) == 0
     assert_bit_identical(weights(out), reference("workers0-augmented", workers=0, augment=True))
-    assert kills >= 1, f"seed {seed}: no kill landed inside the run"
+    assert kills >= 1  # a fresh run reaches every drawn point, so the first kill always lands
 
 
 def test_sigterm_from_outside_stops_cleanly_and_resumes_exactly(forkserver, reference, tmp_path):
     folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
-    config = {"workers": 0, "augment": True, "slow": 0.01, "dirpath": str(folder), "out": str(out)}
+    config = {"workers": 0, "augment": True, "slow": 0.01, "report": True, "dirpath": str(folder), "out": str(out)}
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), json.dumps(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "ready"
-    time.sleep(0.15)
+    # wait for the run to be well inside the fit (the script reports each training step), then signal it
+    for line in process.stdout:
+        if line.strip() == "step 3":
+            break
     process.send_signal(signal.SIGTERM)
     _, errors = process.communicate(timeout=120)
     assert process.returncode == 0, errors

@@ -231,7 +231,8 @@ def test_a_checkpoint_holds_only_plain_data_and_loads_with_weights_only(folder):
     state = torch.load(folder / "good.ckpt", weights_only=True)  # plain torch, no library code
     assert state["format"] == "torchsystem-trainer" and state["version"] == 1
     assert set(state) == {"format", "version", "library_version", "aggregate", "loop", "callbacks", "strategy", "rng"}
-    assert set(state["aggregate"]) == {"modules", "optimizers", "schedulers", "epoch", "id"}
+    assert set(state["aggregate"]) == {"modules", "optimizers", "schedulers", "epoch", "id", "networks"}
+    assert state["aggregate"]["networks"] == {}  # train_script.Net builds an unregistered nn.Sequential
     assert set(state["aggregate"]["optimizers"]) == {"optimizer"}
     assert set(state["aggregate"]["schedulers"]) == {"scheduler"}
     loop = state["loop"]

@@ -11,6 +11,10 @@ global generator in the dataset when ``workers == 0``), checkpointing every 3 st
 * ``{"event": "replace", "at": n}``: in the ``n``-th ``os.replace`` (a complete temporary file not yet renamed);
 * ``{"event": "torn", "at": n}``: in the ``n``-th ``torch.save``, after writing half of the file.
 
+Options: ``"ema"`` adds ``EMA(decay=0.9)``; ``"swa"`` adds ``StochasticWeightAveraging`` from the second epoch;
+``"restore_best"`` sets ``EarlyStopping(restore_best_weights=True)``. Each changes the final weights (the average,
+or the best epoch's), so a resume that lost their state ends elsewhere.
+
 When it runs to the end it writes ``{"weights", "reason", "epoch", "global_step", "interrupted"}`` to ``out``.
 The tests run :func:`main` in processes forked from a forkserver that has imported this module (a fresh
 interpreter costs seconds of imports per run) and, for the signal test, as a script with ``sys.executable``.
@@ -35,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from torchsystem_trainer import Aggregate, Trainer
-from torchsystem_trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torchsystem_trainer.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint, StochasticWeightAveraging
 from torchsystem_trainer.checkpoint import save_atomic
 
 SAMPLES, FEATURES, CLASSES, BATCH = 64, 8, 3, 8  # 8 batches per epoch
@@ -125,6 +129,13 @@ class Slow(Callback):
         time.sleep(self.seconds)
 
 
+class Report(Callback):
+    """Prints ``step <n>`` after each training step, so that a test driving this script can wait for a step."""
+
+    def on_batch_trained(self, event: Any) -> None:
+        print(f"step {event.step}", flush=True)
+
+
 class SignalAt(Callback):
     """Sends this process a signal after a chosen training step (delivered like one from outside)."""
 
@@ -170,20 +181,29 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
 
     Args:
         config: ``{"dirpath", "out", "workers", "augment", "persistent", "resume", "kill", "slow",
-            "signal": [number, step]}``.
+            "report", "signal": [number, step], "ema", "swa", "restore_best"}``.
         ready: an event to set once the imports are done and the fit is about to start.
     """
     torch.set_num_threads(1)
     kill = config.get("kill") or {}
     if kill.get("event") in ("replace", "torn"):
         _kill_in_writes(kill["event"], int(kill["at"]))
-    callbacks: list[Any] = [EarlyStopping(monitor="validation/loss", patience=2, min_delta=10.0)]
+    best = bool(config.get("restore_best"))
+    callbacks: list[Any] = [
+        EarlyStopping(monitor="validation/loss", patience=2, min_delta=10.0, restore_best_weights=best)
+    ]
+    if config.get("ema"):
+        callbacks.append(EMA(decay=0.9))
+    if config.get("swa"):
+        callbacks.append(StochasticWeightAveraging(swa_lrs=0.002, swa_epoch_start=2, annealing_epochs=2))
     checkpoint = ModelCheckpoint(config["dirpath"], every_n_steps=3, every_n_epochs=1, save_top_k=2, save_last=True)
     callbacks.append(checkpoint)
     if kill.get("event") in ("BatchTrained", "EpochStarted", "FitEnded"):
         callbacks.append(Kill(kill["event"], kill.get("at")))
     if config.get("slow"):
         callbacks.append(Slow(float(config["slow"])))
+    if config.get("report"):
+        callbacks.append(Report())
     if config.get("signal"):
         callbacks.append(SignalAt(*config["signal"]))
     torch.manual_seed(0)

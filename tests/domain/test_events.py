@@ -55,3 +55,41 @@ def test_handled_exception_is_not_raised():
     events.enqueue(Failed("x"))
     events.commit()
     assert seen == ["Failed"]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda handler: handler,
+        lambda handler: [handler],
+        lambda handler: (handler,),
+        lambda handler: {handler},
+        lambda handler: (h for h in [handler]),
+    ],
+    ids=["single", "list", "tuple", "set", "generator"],
+)
+def test_handlers_may_be_any_iterable_and_every_event_reaches_them(make):
+    seen: list[int] = []
+    events = Events()
+    events.handlers[Carried] = make(lambda event: seen.append(event.data))
+    for data in (1, 2):
+        events.enqueue(Carried(data))
+        events.commit()
+    events.enqueue(Carried(3))
+    events.commit()
+    assert seen == [1, 2, 3]  # a generator is kept as a tuple when first used, so it is not spent after one event
+
+
+def test_a_falsy_event_does_not_end_the_commit():
+    class Empty(Event):
+        def __len__(self) -> int:
+            return 0
+
+    seen = []
+    events = Events()
+    events.handlers[Empty] = lambda: seen.append("empty")
+    events.handlers[Happened] = lambda: seen.append("happened")
+    events.enqueue(Empty())
+    events.enqueue(Happened)
+    events.commit()
+    assert seen == ["empty", "happened"] and len(events) == 0

@@ -198,6 +198,7 @@ def test_compiler_without_a_device_says_which_dependency_to_bind(monkeypatch: py
 # ---------------------------------------------------------------- acceptance on real MNIST
 
 
+@pytest.mark.slow
 @requires_mnist
 def test_mnist_acceptance_mlp_784_256_10_reaches_96_5_percent_in_3_epochs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's acceptance run: MNIST from ../shared/data/mnist, MLP 784-256-10, Adam lr 1e-3, batch 128,

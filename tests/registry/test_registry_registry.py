@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import pickle
+
 import pytest
+import torch
 from torch.nn import Module
 
 from torchsystem_trainer.registry import Registry, RegistrationError, getarguments, getname
@@ -113,3 +117,44 @@ def test_signature_is_a_copy():
     registry.register(GLU)
     registry.signature("GLU")["dropout"] = "str"
     assert registry.signature("GLU")["dropout"] == "float"
+
+
+@pytest.fixture
+def safe_globals():
+    """Restore torch's process-wide safe globals after the test."""
+    previous = torch.serialization.get_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(previous)
+
+
+class Scale(Module):
+    def __init__(self, features: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.arange(features, dtype=torch.float32))
+
+    def forward(self, inputs):
+        return inputs * self.weight
+
+
+def test_a_registered_module_class_loads_whole_with_weights_only_as_upstream(safe_globals):
+    buffer = io.BytesIO()
+    torch.save(Scale(3), buffer)  # an instance of a class not registered yet
+    with pytest.raises(pickle.UnpicklingError, match="Scale"):
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+    registry = Registry[Module]()
+    registry.register(Scale)
+
+    class Plain:
+        def __init__(self, rate: float):
+            pass
+
+    registry.register(Plain)  # not a module: not added
+    assert Scale in torch.serialization.get_safe_globals()
+    assert Plain not in torch.serialization.get_safe_globals()
+    buffer = io.BytesIO()
+    torch.save(Scale(3), buffer)
+    loaded = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    assert type(loaded) is Scale and torch.equal(loaded.weight, torch.arange(3.0))
+    assert getarguments(loaded) == {"features": 3}

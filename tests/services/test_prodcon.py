@@ -263,10 +263,25 @@ def test_producer_dispatches_to_consumers_in_registration_order_once_each() -> N
     producer.register(second, first)
     producer.register(second)  # already registered: no-op
     assert producer.consumers == [second, first]
-    producer.consumers.clear()  # a copy
     producer.dispatch(Trained("mlp", 0.5))
     producer.dispatch(Iterated("mlp"))
     assert calls == ["second", "first"]
+
+
+def test_producer_consumers_is_the_live_list_as_upstream() -> None:
+    calls: list[str] = []
+    consumer = Consumer()
+
+    @consumer.handler
+    def on_trained(event: Trained) -> None:
+        calls.append("trained")
+
+    producer = Producer()
+    producer.consumers.append(consumer)  # reaches dispatch
+    producer.dispatch(Trained("mlp", 0.5))
+    producer.consumers.remove(consumer)  # and so does a removal
+    producer.dispatch(Trained("mlp", 0.5))
+    assert calls == ["trained"]
 
 
 def test_producer_only_calls_consume_so_overriding_subclasses_work() -> None:
@@ -311,3 +326,77 @@ def test_a_consumer_exception_propagates_and_stops_the_dispatch() -> None:
     with pytest.raises(StopIteration):
         producer.dispatch(Trained("mlp", 0.5))
     assert calls == []
+
+
+class ModelTrained:
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+
+def test_handlers_are_filed_under_the_kebab_case_key_with_their_types_as_upstream() -> None:
+    consumer = Consumer()
+
+    @consumer.handler
+    def deliver(event: ModelTrained | Validated) -> None: ...
+
+    assert consumer.handlers == {"model-trained": [deliver], "validated": [deliver]}
+    assert consumer.types == {"model-trained": ModelTrained, "validated": Validated}
+    assert consumer.subscriptions() == {"ModelTrained": [deliver], "Validated": [deliver]}
+
+
+def test_consumer_handlers_is_the_live_table_as_upstream() -> None:
+    consumer = Consumer()
+    seen: list[Any] = []
+    consumer.handlers["model-trained"] = [seen.append]  # reaches consume, by the message's key
+    message = ModelTrained(1)
+    consumer.consume(message)
+    consumer.handlers.clear()
+    consumer.consume(ModelTrained(2))
+    assert seen == [message]
+
+
+def test_register_takes_an_event_class_or_a_union_as_upstream() -> None:
+    consumer = Consumer()
+    seen: list[Any] = []
+
+    def record(event: Any, suffix: str = Depends(lambda: "!")) -> None:
+        seen.append(f"{type(event).__name__}{suffix}")
+
+    injected = consumer.register(ModelTrained, record)
+    assert injected(ModelTrained()) is None and seen == ["ModelTrained!"]
+    consumer.register(Trained | Validated, record)
+    consumer.consume(ModelTrained())
+    consumer.consume(Validated("mlp", 0.5))
+    assert seen == ["ModelTrained!", "ModelTrained!", "Validated!"]
+    assert consumer.types == {"model-trained": ModelTrained, "trained": Trained, "validated": Validated}
+
+
+def test_the_generator_makes_the_keys_and_routes_by_them() -> None:
+    consumer = Consumer(generator=str.lower)
+    seen: list[Any] = []
+
+    @consumer.handler
+    def record(event: ModelTrained) -> None:
+        seen.append(event.value)
+
+    consumer.consume(ModelTrained(3))
+    assert list(consumer.handlers) == ["modeltrained"] and seen == [3]
+    with pytest.raises(TypeError, match="generator must be callable"):
+        Consumer(generator="lower")  # type: ignore[arg-type]
+
+
+def test_depends_is_importable_from_every_services_module_as_upstream() -> None:
+    import torchsystem_trainer.compiler
+    import torchsystem_trainer.services
+    import torchsystem_trainer.services.prodcon
+    import torchsystem_trainer.services.pubsub
+    import torchsystem_trainer.services.service
+
+    modules = [
+        torchsystem_trainer.compiler,
+        torchsystem_trainer.services,
+        torchsystem_trainer.services.prodcon,
+        torchsystem_trainer.services.pubsub,
+        torchsystem_trainer.services.service,
+    ]
+    assert all(module.Depends is Depends and "Depends" in module.__all__ for module in modules)

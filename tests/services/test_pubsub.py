@@ -192,3 +192,33 @@ def test_publisher_rejects_objects_without_receive_and_registers_nothing() -> No
     with pytest.raises(TypeError, match="cannot be registered on a Publisher"):
         publisher.register(Subscriber(), object())  # type: ignore[arg-type]
     assert publisher.subscribers == []
+
+
+def test_register_subscribes_one_handler_to_one_topic_as_upstream() -> None:
+    subscriber = Subscriber()
+    database: list[Any] = []
+
+    def store(metric: float, metrics: list[Any] = Depends(metrics_store)) -> None:
+        metrics.append(metric)
+
+    subscriber.override(metrics_store, lambda: database)
+    injected = subscriber.register("loss", store)
+    subscriber.receive(0.1, "loss")
+    injected(0.2)
+    assert database == [0.1, 0.2]
+    assert subscriber.handlers == {"loss": [injected]}
+
+
+def test_subscriber_handlers_and_publisher_subscribers_are_live_as_upstream() -> None:
+    subscriber = Subscriber()
+    seen: list[float] = []
+    subscriber.handlers["loss"] = [seen.append]
+    publisher = Publisher()
+    publisher.subscribers.append(subscriber)
+    publisher.publish(0.1, "loss")
+    subscriber.handlers["loss"].clear()
+    publisher.publish(0.2, "loss")
+    subscriber.handlers["loss"].append(seen.append)
+    publisher.subscribers.clear()
+    publisher.publish(0.3, "loss")
+    assert seen == [0.1]

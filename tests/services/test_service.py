@@ -31,6 +31,26 @@ def test_handler_is_registered_under_the_generated_name_and_handled_by_name() ->
     assert service.handle("train-model", "mlp", epochs=3) == "mlp x3"
 
 
+def test_handlers_is_the_live_table_as_upstream() -> None:
+    service = Service()
+
+    @service.handler
+    def train(model: str) -> str:
+        return model
+
+    service.handlers["evaluate"] = lambda model: f"evaluated {model}"  # reaches handle
+    assert service.handle("evaluate", "mlp") == "evaluated mlp"
+    del service.handlers["train"]
+    with pytest.raises(KeyError, match="no handler named 'train'"):
+        service.handle("train", "mlp")
+
+    @service.handler  # a name removed from the table can be registered again
+    def train(model: str) -> str:  # noqa: F811
+        return f"again {model}"
+
+    assert service.handle("train", "mlp") == "again mlp"
+
+
 def test_name_generator_is_a_constructor_argument() -> None:
     service = Service(generator=str.upper)
 

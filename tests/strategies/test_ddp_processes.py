@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -31,6 +30,8 @@ from torchsystem_trainer import Trainer
 from torchsystem_trainer.callbacks import Callback
 from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
 from torchsystem_trainer.strategies import DDPStrategy, ProcessRaisedError
+
+pytestmark = pytest.mark.slow  # several processes per test
 
 SEED = 100  # the initial weights of rank 0 (the others start elsewhere: DDP broadcasts rank 0's)
 SCRIPT = Path(__file__).with_name("ddp_script.py")
@@ -185,9 +186,7 @@ def _fits(rank: int, folder: str) -> dict[str, object]:
 
 
 def test_ranks_agree_match_one_process_and_skip_sync_while_accumulating(tmp_path):
-    start = time.monotonic()
     rank0, rank1 = values(run_ranks(_fits, str(tmp_path)))
-    seconds = time.monotonic() - start
 
     # DDP broadcast rank 0's initial weights, and both ranks end bit-identical
     assert torch.equal(rank0["probe"]["initial"], rank1["probe"]["initial"])
@@ -229,7 +228,6 @@ def test_ranks_agree_match_one_process_and_skip_sync_while_accumulating(tmp_path
     # a loader that ends inside a window, and a parameter outside every module: still averaged
     assert torch.equal(rank0["scaled"], rank1["scaled"])
     assert len(rank0["warnings"]) == 1 and rank1["warnings"] == []
-    print(f"three 2-process fits: {seconds:.1f} s")
 
 
 class Failing(Classifier):
@@ -320,10 +318,9 @@ def test_trainer_launch_surfaces_the_failing_rank_and_validates_on_shards():
     torch.manual_seed(SEED)
     failing = Failing()
     before = flat(failing)
-    start = time.monotonic()
+    # the strategy's timeout (30 s) bounds how long the healthy rank could wait; the launcher stops it at once
     with pytest.raises(ValueError, match="on purpose") as caught:
         Trainer(strategy=strategy, enable_progress_bar=False).fit(failing, DataLoader(train, batch_size=2))
-    assert time.monotonic() - start < 30
     assert isinstance(caught.value.__cause__, ProcessRaisedError) and caught.value.__cause__.rank == 1
     assert "rank 1 of 2" in caught.value.__notes__[0]
     assert "a bad batch on purpose" in caught.value.__cause__.child_traceback

@@ -11,6 +11,10 @@ from torchsystem_trainer import Aggregate, Trainer
 from torchsystem_trainer.callbacks import Callback
 from torchsystem_trainer.strategies import SingleDeviceStrategy
 
+# fp16 runs on the CPU here on purpose (its scaler logic is device-independent); the suggestion to use bf16 is tested
+# in tests/trainer/test_first_hour.py
+pytestmark = pytest.mark.filterwarnings("ignore:precision='16-mixed' on the CPU:UserWarning")
+
 
 class Plain(Aggregate):
     """Uses the default Aggregate.fit, which backpropagates through self.backward."""

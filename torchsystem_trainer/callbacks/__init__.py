@@ -4,6 +4,7 @@ from torchsystem_trainer.callbacks.callback import HOOKS, Callback, CallbackHook
 from torchsystem_trainer.callbacks.console import ConsoleLines
 from torchsystem_trainer.callbacks.csv_logger import CSVLogger
 from torchsystem_trainer.callbacks.early_stopping import EarlyStopping
+from torchsystem_trainer.callbacks.ema import EMA
 from torchsystem_trainer.callbacks.history import History
 from torchsystem_trainer.callbacks.hyperparameters import HParam, hyperparameters
 from torchsystem_trainer.callbacks.logger import Logger, LoggerWarning
@@ -15,10 +16,12 @@ from torchsystem_trainer.callbacks.nan_detector import NaNDetector, NonFiniteErr
 from torchsystem_trainer.callbacks.progress_bar import ProgressBar
 from torchsystem_trainer.callbacks.progress_base import ProgressBarBase
 from torchsystem_trainer.callbacks.rich_progress import RichProgressBar
+from torchsystem_trainer.callbacks.swa import StochasticWeightAveraging
 from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 from torchsystem_trainer.callbacks.timer import Timer
 
 __all__ = [
+    "EMA",
     "HOOKS",
     "CSVLogger",
     "Callback",
@@ -38,6 +41,7 @@ __all__ = [
     "ProgressBar",
     "ProgressBarBase",
     "RichProgressBar",
+    "StochasticWeightAveraging",
     "TensorBoardLogger",
     "Timer",
     "hook_name",

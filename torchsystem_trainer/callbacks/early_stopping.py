@@ -6,9 +6,11 @@ import math
 import warnings
 from typing import Any
 
+from torch import Tensor
 from tqdm import tqdm
 from typing_extensions import override
 
+from torchsystem_trainer.callbacks.averaging import copy_into, weights_of
 from torchsystem_trainer.callbacks.callback import Callback
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
 from torchsystem_trainer.events import FitEnded, FitStarted, Iterated
@@ -18,7 +20,8 @@ __all__ = ["EarlyStopping"]
 
 class EarlyStopping(Callback):
     """Set ``trainer.should_stop`` when ``monitor`` has not improved for ``patience`` checks, or has crossed a
-    threshold, or is not finite. Lightning's ``EarlyStopping``, checked at the end of each epoch (``Iterated``).
+    threshold, or is not finite. Lightning's ``EarlyStopping``, checked at the end of each epoch (``Iterated``),
+    with Keras' ``restore_best_weights`` and ``start_from_epoch``.
 
     A check happens at the end of every epoch whose results hold ``monitor``. An epoch whose monitored phase did
     not run (validation only every ``check_val_every_n_epoch`` epochs, or skipped because the training phase was
@@ -36,9 +39,19 @@ class EarlyStopping(Callback):
        ``"min"``): stop, the run diverged.
     5. The value did not improve and ``wait_count >= patience``: stop.
 
-    The state (``wait_count``, ``best_score``, ``stopped_epoch``, ``stopping_reason``) is saved in checkpoints
-    and restored on resume; the constructor's arguments (``patience``, thresholds...) are not overridden by a
-    checkpoint, so a resumed run may change them. A fit not resumed from a checkpoint starts with a fresh state.
+    Epochs whose 0-based index is below ``start_from_epoch`` are not checks at all (Keras): no best score, no
+    patience, no stop, whatever their value (a warm-up in which no improvement is expected).
+
+    With ``restore_best_weights`` (Keras; Lightning's issue #1415), each improvement copies the aggregate's weights
+    (its ``state_dict`` tensors: parameters and buffers) at that epoch's end; when the fit ends by this callback, by
+    another stop request or by any limit (``FitEnded`` reasons ``"stopped"``, ``"completed"``, ``"max_steps"``,
+    ``"max_time"``), they are loaded back into the aggregate, bit for bit. Not after ``"interrupted"`` (the fit
+    is to be resumed) or ``"exception"``. The copy lives on the training device, or on the CPU with
+    ``best_weights_on_cpu``; it is saved in checkpoints, so a resumed fit restores the same weights.
+
+    The state (``wait_count``, ``best_score``, ``stopped_epoch``, ``stopping_reason``, the best weights) is saved in
+    checkpoints and restored on resume; the constructor's arguments (``patience``, thresholds...) are not
+    overridden by a checkpoint, so a resumed run may change them. A fit not resumed from a checkpoint starts with a fresh state.
     Put ``EarlyStopping`` before ``ModelCheckpoint`` in the callback list, so a checkpoint holds this epoch's
     state rather than the previous one's.
 
@@ -54,12 +67,20 @@ class EarlyStopping(Callback):
         check_finite: stop when the value is ``nan`` or infinite.
         verbose: print each check's outcome and the stop (through ``tqdm.write``, on the process of global
             rank 0).
+        restore_best_weights: keep the weights of the best check and load them back when the fit ends (see
+            above).
+        best_weights_on_cpu: keep that copy in CPU memory rather than on the training device (one device-to-host
+            copy per improvement).
+        start_from_epoch: the 0-based epoch from which checks begin (an int >= 0; Keras' name).
 
     Attributes:
         wait_count: checks since the last improvement.
         best_score: the best value seen (``inf`` for ``"min"``, ``-inf`` for ``"max"`` before any check).
         stopped_epoch: the 0-based epoch at whose end this callback stopped the fit; ``None`` if it did not.
         stopping_reason: why it stopped, in words; ``None`` if it did not.
+        best_weights: the kept ``{state_dict key: tensor}`` (``restore_best_weights``), ``None`` before the first
+            improvement.
+        best_epoch: the 0-based epoch of ``best_score``; ``None`` before the first check.
 
     Raises:
         ValueError: for an invalid argument, naming it, the value and the valid values.
@@ -77,6 +98,9 @@ class EarlyStopping(Callback):
         divergence_threshold: float | None = None,
         check_finite: bool = True,
         verbose: bool = False,
+        restore_best_weights: bool = False,
+        best_weights_on_cpu: bool = False,
+        start_from_epoch: int = 0,
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"EarlyStopping: monitor={monitor!r} is invalid; valid: a key like 'validation/loss'")
@@ -95,6 +119,11 @@ class EarlyStopping(Callback):
         self.divergence_threshold = None if divergence_threshold is None else float(divergence_threshold)
         self.check_finite = bool(check_finite)
         self.verbose = bool(verbose)
+        if isinstance(start_from_epoch, bool) or not isinstance(start_from_epoch, int) or start_from_epoch < 0:
+            raise ValueError(f"EarlyStopping: start_from_epoch={start_from_epoch!r} is invalid; valid: an int >= 0")
+        self.start_from_epoch = start_from_epoch
+        self.restore_best_weights = bool(restore_best_weights)
+        self.best_weights_on_cpu = bool(best_weights_on_cpu)
         self._owner = f"EarlyStopping(monitor={monitor!r})"
         self._reset()
         self._restored = False
@@ -104,12 +133,18 @@ class EarlyStopping(Callback):
         self.best_score = math.inf if self.mode == "min" else -math.inf
         self.stopped_epoch: int | None = None
         self.stopping_reason: str | None = None
+        self.best_weights: dict[str, Tensor] | None = None
+        self.best_epoch: int | None = None
         self._checks = 0
 
     def on_fit_started(self, event: FitStarted) -> None:
         """Start from a fresh state, unless a checkpoint was just restored into this callback."""
         if not self._restored:
             self._reset()
+        elif self.best_weights is not None and not self.best_weights_on_cpu:  # loaded on the CPU: back to the device
+            device = next((p.device for p in event.aggregate.parameters()), None)
+            if device is not None:
+                self.best_weights = {key: value.to(device) for key, value in self.best_weights.items()}
         self._restored, self._checks = False, 0
 
     def on_iterated(self, event: Iterated) -> None:
@@ -122,7 +157,15 @@ class EarlyStopping(Callback):
         if current is None:
             return
         self._checks += 1
+        if event.epoch < self.start_from_epoch:
+            self._say(event.trainer, f"epoch {event.epoch}: {self.monitor} = {current:.6g}, warm-up (not checked)")
+            return
+        best = self.best_score
         reason = self._evaluate(current)
+        if self.best_score != best:  # improved
+            self.best_epoch = event.epoch
+            if self.restore_best_weights:
+                self._keep(event.aggregate)
         if reason is None:
             summary = f"{self.monitor} = {current:.6g}, best {self.best_score:.6g}, waited {self.wait_count}"
             self._say(event.trainer, f"epoch {event.epoch}: {summary}")
@@ -133,8 +176,20 @@ class EarlyStopping(Callback):
         self._say(event.trainer, f"epoch {event.epoch}: {reason}; stopping the fit")
 
     def on_fit_ended(self, event: FitEnded) -> None:
-        """Warn when ``monitor`` was never in an epoch's results during the fit."""
+        """Load the best weights back (``restore_best_weights``, a fit that ended by a stop or a limit); warn when
+        ``monitor`` was never in an epoch's results during the fit."""
+        if self.restore_best_weights and self.best_weights is not None and event.reason not in _NO_RESTORE:
+            event.aggregate.load_state_dict(self.best_weights, strict=False)
+            self._say(event.trainer, f"restored the weights of epoch {self.best_epoch} ({self.monitor} = "
+                                     f"{self.best_score:.6g})")
         warn_never_seen(self._owner, self.monitor, self._checks, event.reason, bool(event.trainer.callback_metrics))
+
+    def _keep(self, aggregate: Any) -> None:
+        """Copy the aggregate's weights into :attr:`best_weights` (allocated once, then overwritten in place)."""
+        if self.best_weights is None:
+            self.best_weights = weights_of(aggregate, "cpu" if self.best_weights_on_cpu else None)
+        else:
+            copy_into(self.best_weights, aggregate)
 
     def _evaluate(self, current: float) -> str | None:
         """Apply the rules of the class docstring to one value; returns why to stop, or ``None``."""
@@ -167,7 +222,8 @@ class EarlyStopping(Callback):
         """The stopping state as plain numbers and strings (``best_score`` may be ``inf``).
 
         Returns:
-            ``{"monitor", "mode", "patience", "wait_count", "best_score", "stopped_epoch", "stopping_reason"}``.
+            ``{"monitor", "mode", "patience", "wait_count", "best_score", "best_epoch", "stopped_epoch",
+            "stopping_reason", "best_weights"}`` (``best_weights``: ``{key: tensor}`` or ``None``).
         """
         return {
             "monitor": self.monitor,
@@ -177,6 +233,8 @@ class EarlyStopping(Callback):
             "best_score": float(self.best_score),
             "stopped_epoch": self.stopped_epoch,
             "stopping_reason": self.stopping_reason,
+            "best_epoch": self.best_epoch,
+            "best_weights": None if self.best_weights is None else dict(self.best_weights),
         }
 
     @override
@@ -199,7 +257,13 @@ class EarlyStopping(Callback):
         self.best_score = float(state["best_score"])
         self.stopped_epoch = None if state["stopped_epoch"] is None else int(state["stopped_epoch"])
         self.stopping_reason = state["stopping_reason"]
+        self.best_epoch = state.get("best_epoch")
+        saved = state.get("best_weights")
+        self.best_weights = None if saved is None or not self.restore_best_weights else dict(saved)
         self._restored = True
+
+
+_NO_RESTORE = ("interrupted", "exception")
 
 
 def _is_real(value: object) -> bool:

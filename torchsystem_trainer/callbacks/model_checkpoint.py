@@ -1,9 +1,8 @@
 """``ModelCheckpoint``: save the whole training state to files, keep the best ones, and find them again to resume.
 
-Lightning's callback of that name, with these differences: ``last.ckpt`` is never a symlink; a checkpoint is
-always the full state of :func:`~torchsystem_trainer.checkpoint.checkpoint_state` (there is no weights-only
-mode); file names are the template as written (no metric names inserted); the exception checkpoint is a flag here
-rather than Lightning's separate ``OnExceptionCheckpoint``.
+Lightning's callback of that name, with these differences: ``last.ckpt`` is never a symlink; file names are the
+template as written (no metric names inserted); the exception checkpoint is a flag here rather than Lightning's
+separate ``OnExceptionCheckpoint``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
     warn_untracked,
 )
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
-from torchsystem_trainer.checkpoint import callback_keys, checkpoint_state, load_file, save_atomic
+from torchsystem_trainer.checkpoint import callback_keys, checkpoint_state, load_file, save_atomic, weights_state
 from torchsystem_trainer.events import BatchTrained, ExceptionRaised, FitEnded, FitStarted, Iterated
 
 __all__ = ["ModelCheckpoint"]
@@ -74,6 +73,10 @@ class ModelCheckpoint(Callback):
         every_n_steps: save after every n-th optimizer step (``trainer.global_step``; ``0`` or ``None``: never).
         save_on_exception: write ``on_exception.ckpt`` when the fit ends by an exception or ``KeyboardInterrupt``
             (after ``FitStarted``; a failure to write it is a warning, so the original exception propagates).
+        save_weights_only: every file holds only the weights (:func:`~torchsystem_trainer.checkpoint.weights_state`:
+            the aggregate's modules, epoch and identity, and the averaged weights of ``EMA``/``SWA``), for
+            ``load_weights``, ``load_model`` and ``validate``/``test(ckpt_path=...)``; such files cannot resume a fit,
+            so ``fit(ckpt_path=...)`` refuses them (Lightning's ``save_weights_only``).
 
     A fit stopped by ``SIGTERM`` or ``SIGINT`` (``FitEnded`` with reason ``"interrupted"`` and no
     ``ExceptionRaised``: the loop stopped between two steps) always writes ``last.ckpt``, whatever ``save_last``,
@@ -107,6 +110,7 @@ class ModelCheckpoint(Callback):
         every_n_epochs: int | None = None,
         every_n_steps: int | None = None,
         save_on_exception: bool = False,
+        save_weights_only: bool = False,
     ) -> None:
         owner = "ModelCheckpoint"
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
@@ -130,6 +134,7 @@ class ModelCheckpoint(Callback):
         self.every_n_steps = every_n_steps or 0
         self.every_n_epochs = (1 if not every_n_steps else 0) if every_n_epochs is None else every_n_epochs
         self.save_on_exception = bool(save_on_exception)
+        self.save_weights_only = bool(save_weights_only)
         self._dirpath_argument = None if dirpath is None else Path(dirpath)
         self.dirpath: Path | None = self._dirpath_argument
         self._owner = owner if monitor is None else f"{owner}(monitor={monitor!r})"
@@ -181,7 +186,7 @@ class ModelCheckpoint(Callback):
             return
         path = self._resolve(trainer) / f"{self.EXCEPTION_NAME}{EXTENSION}"
         try:
-            save_atomic(checkpoint_state(trainer, event.aggregate), path)
+            save_atomic(self._state(trainer, event.aggregate), path)
         except Exception as error:  # the fit's own exception must propagate, not this one
             warnings.warn(f"{self._owner}: could not write {str(path)!r}: {error!r}", stacklevel=2)
 
@@ -190,7 +195,7 @@ class ModelCheckpoint(Callback):
         (no top-k file was written)."""
         if event.reason == "interrupted" and self._fitting and not self._raised and not event.trainer.fast_dev_run:
             last = self._resolve(event.trainer) / f"{self.LAST_NAME}{EXTENSION}"
-            save_atomic(checkpoint_state(event.trainer, event.aggregate), last)
+            save_atomic(self._state(event.trainer, event.aggregate), last)
             self.last_model_path = str(last)
         self._fitting = False
         if self.monitor is not None and self.save_top_k != 0 and not event.trainer.fast_dev_run:
@@ -210,9 +215,15 @@ class ModelCheckpoint(Callback):
         Returns:
             The path, or ``None`` when there is none (so one command both starts and resumes a run).
 
+            With ``save_weights_only`` ``"last"`` is ``last.ckpt`` when it exists (weights-only files hold no
+            progress to rank by); ``validate``/``test`` load it, ``fit`` refuses it (it cannot resume).
+
         Raises:
             ValueError: for another ``which``.
         """
+        if which == "last" and self.save_weights_only:
+            last = self._resolve(trainer) / f"{self.LAST_NAME}{EXTENSION}"
+            return last if last.is_file() else None
         if which == "best":
             if self.best_model_path:
                 return Path(self.best_model_path)
@@ -222,7 +233,10 @@ class ModelCheckpoint(Callback):
         raise ValueError(f"{self._owner}.checkpoint_path: which={which!r} is invalid; valid: 'last', 'best'")
 
     def _best_of_last_run(self, trainer: Any) -> Path | None:
-        """The ``best_model_path`` this callback had saved in the newest checkpoint of its folder, if any."""
+        """The ``best_model_path`` this callback had saved in the newest checkpoint of its folder, if any (weights-only
+        files hold no callback state: none then)."""
+        if self.save_weights_only:
+            return None
         newest = newest_checkpoint(self._resolve(trainer), self.LAST_NAME, self.EXCEPTION_NAME)
         if newest is None:
             return None
@@ -239,6 +253,11 @@ class ModelCheckpoint(Callback):
         return folder.expanduser().absolute()
 
     # -- saving -----------------------------------------------------------------------------------------
+
+    def _state(self, trainer: Any, aggregate: Any) -> dict[str, Any]:
+        if self.save_weights_only:
+            return weights_state(aggregate, trainer.callbacks)
+        return checkpoint_state(trainer, aggregate)
 
     def _save(self, trainer: Any, aggregate: Any, epoch: int, results: dict[str, float]) -> None:
         """Write the top-k file (when it ranks) and ``last.ckpt``; delete files that left the top k last."""
@@ -269,7 +288,7 @@ class ModelCheckpoint(Callback):
         previous = (self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
-        state = checkpoint_state(trainer, aggregate)
+        state = self._state(trainer, aggregate)
         try:
             if path is not None:
                 save_atomic(state, path)

@@ -1,5 +1,10 @@
 """The aggregate's part of a checkpoint: its modules, optimizers, LR schedulers, epoch and identity.
 
+The identity is the aggregate's ``id`` (its registry hash, as the seed computes it) and, for every direct child
+module built from a registered class, that network's registry identity (``networks``: its registered name and
+constructor arguments), from which :func:`~torchsystem_trainer.checkpoint.load_model` rebuilds it without the
+training code.
+
 Also :func:`check_plain`, which refuses, before anything is written, a value that ``torch.load(weights_only=True)``
 could not read back.
 """
@@ -17,8 +22,16 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from torchsystem_trainer.checkpoint.io import CheckpointError
+from torchsystem_trainer.registry import UnregisteredError, getarguments, gethash, getname
 
-__all__ = ["aggregate_state", "check_aggregate_state", "check_plain", "load_aggregate_state"]
+__all__ = [
+    "aggregate_state",
+    "check_aggregate_state",
+    "check_plain",
+    "describe_mismatch",
+    "load_aggregate_state",
+    "network_identities",
+]
 
 # What torch.load(weights_only=True) reads back, by exact type (numpy.float64 is a float, and refused; a
 # defaultdict is a dict, and refused).
@@ -46,6 +59,62 @@ def _identity(aggregate: Module) -> str | None:
     except Exception:  # an aggregate without an identity (not initialized, unregistered parts)
         return None
     return None if identity is None else str(identity)
+
+
+def network_identities(aggregate: Module) -> dict[str, dict[str, Any]]:
+    """The registry identity of every direct child module of ``aggregate`` built from a registered class.
+
+    A child counts when its arguments were captured (``register(MLP)`` before it was built) and can be hashed
+    (they are JSON data: numbers, strings, lists, dicts, nested registered objects), so that they are plain data a
+    ``weights_only`` load reads back.
+
+    Args:
+        aggregate: the aggregate (any module).
+
+    Returns:
+        ``{attribute: {"name": registered name, "arguments": {parameter: value}, "hash": registry hash}}``, e.g.
+        ``{"nn": {"name": "MLP", "arguments": {"inputs": 784, "hidden": 256, "outputs": 10}, "hash": "af51..."}}``;
+        empty when no child is registered.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for attribute, module in aggregate.named_children():
+        try:
+            identity = {"name": getname(module), "arguments": getarguments(module), "hash": gethash(module)}
+        except (UnregisteredError, TypeError):  # not registered, or arguments that are not JSON data
+            continue
+        found[attribute] = identity
+    return found
+
+
+def describe_mismatch(own: dict[str, Any], saved: dict[str, Any]) -> list[str]:
+    """What differs between two module ``state_dict``s, as checkpoint restore reports it.
+
+    Args:
+        own: the module's ``state_dict()`` (the target).
+        saved: the checkpoint's.
+
+    Returns:
+        Parts such as ``"missing keys: [...]"``, ``"unexpected keys: [...]"`` and ``"shape mismatches: ['w:
+        checkpoint [2, 4] vs aggregate [3, 4]']"``; empty when the keys and shapes agree.
+    """
+    missing = sorted(set(own) - set(saved))
+    unexpected = sorted(set(saved) - set(own))
+    shapes = [
+        f"{key}: checkpoint {list(saved[key].shape) if isinstance(saved[key], torch.Tensor) else saved[key]!r} vs "
+        f"aggregate {list(own[key].shape)}"
+        for key in sorted(set(own) & set(saved))
+        if isinstance(own[key], torch.Tensor)
+        and (not isinstance(saved[key], torch.Tensor) or own[key].shape != saved[key].shape)
+    ]
+    return [
+        part
+        for part in (
+            f"missing keys: {missing}" if missing else "",
+            f"unexpected keys: {unexpected}" if unexpected else "",
+            f"shape mismatches: {shapes}" if shapes else "",
+        )
+        if part
+    ]
 
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
@@ -91,8 +160,8 @@ def aggregate_state(aggregate: Module) -> dict[str, Any]:
 
     Returns:
         ``{"modules": state_dict, "optimizers": {attribute: state}, "schedulers": {attribute: state},
-        "epoch": int | None, "id": str | None}``: every optimizer and LR scheduler it holds as an attribute (or
-        in a list, tuple or dict attribute), by attribute name.
+        "epoch": int | None, "id": str | None, "networks": network_identities(aggregate)}``: every optimizer and
+        LR scheduler it holds as an attribute (or in a list, tuple or dict attribute), by attribute name.
     """
     return {
         "modules": aggregate.state_dict(),
@@ -100,6 +169,7 @@ def aggregate_state(aggregate: Module) -> dict[str, Any]:
         "schedulers": {name: s.state_dict() for name, s in _named(aggregate, (LRScheduler, ReduceLROnPlateau))},
         "epoch": aggregate.__dict__.get("epoch"),
         "id": _identity(aggregate),
+        "networks": network_identities(aggregate),
     }
 
 
@@ -117,18 +187,13 @@ def check_aggregate_state(aggregate: Module, state: dict[str, Any], source: str 
             parameter groups differ in number or size; the message names ``source``.
     """
     try:
-        modules, optimizers_saved, schedulers_saved = state["modules"], state["optimizers"], state["schedulers"]
-    except (KeyError, TypeError) as error:
+        modules = state["modules"]
+        optimizers_saved, schedulers_saved = state.get("optimizers", {}), state.get("schedulers", {})
+    except (KeyError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{source} has no valid aggregate state (missing {error})") from error
-    own = aggregate.state_dict()
-    missing = sorted(set(own) - set(modules))
-    unexpected = sorted(set(modules) - set(own))
-    shapes = [
-        f"{key}: checkpoint {list(modules[key].shape)} vs aggregate {list(own[key].shape)}"
-        for key in sorted(set(own) & set(modules))
-        if isinstance(own[key], torch.Tensor)
-        and (not isinstance(modules[key], torch.Tensor) or own[key].shape != modules[key].shape)
-    ]
+    if not isinstance(modules, dict):
+        raise CheckpointError(f"{source} has no valid aggregate state (its modules are a {type(modules).__name__})")
+    parts = describe_mismatch(aggregate.state_dict(), modules)
     optimizers = dict(_named(aggregate, (Optimizer,)))
     schedulers = dict(_named(aggregate, (LRScheduler, ReduceLROnPlateau)))
     absent = [n for n in optimizers_saved if n not in optimizers] + [n for n in schedulers_saved if n not in schedulers]
@@ -141,18 +206,12 @@ def check_aggregate_state(aggregate: Module, state: dict[str, Any], source: str 
         actual = [len(group["params"]) for group in optimizer.param_groups]
         if sizes != actual:
             groups.append(f"{name}: checkpoint {sizes} vs aggregate {actual}")
-    if missing or unexpected or shapes or absent or groups:
-        details = "; ".join(
-            part
-            for part in (
-                f"missing keys: {missing}" if missing else "",
-                f"unexpected keys: {unexpected}" if unexpected else "",
-                f"shape mismatches: {shapes}" if shapes else "",
-                f"optimizers/schedulers not in the aggregate: {absent}" if absent else "",
-                f"parameters per optimizer group differ: {groups}" if groups else "",
-            )
-            if part
-        )
+    if absent:
+        parts.append(f"optimizers/schedulers not in the aggregate: {absent}")
+    if groups:
+        parts.append(f"parameters per optimizer group differ: {groups}")
+    if parts:
+        details = "; ".join(parts)
         raise CheckpointError(f"{source} does not match {type(aggregate).__name__}: {details}")
 
 
@@ -181,11 +240,12 @@ def load_aggregate_state(aggregate: Module, state: dict[str, Any], source: str =
             stacklevel=3,
         )
     aggregate.load_state_dict(state["modules"])
+    optimizers, schedulers = state.get("optimizers", {}), state.get("schedulers", {})  # none in weights-only files
     for name, optimizer in _named(aggregate, (Optimizer,)):
-        if name in state["optimizers"]:
-            optimizer.load_state_dict(state["optimizers"][name])
+        if name in optimizers:
+            optimizer.load_state_dict(optimizers[name])
     for name, scheduler in _named(aggregate, (LRScheduler, ReduceLROnPlateau)):
-        if name in state["schedulers"]:
-            scheduler.load_state_dict(state["schedulers"][name])
+        if name in schedulers:
+            scheduler.load_state_dict(schedulers[name])
     if state.get("epoch") is not None:
         aggregate.__dict__["epoch"] = state["epoch"]  # restored, not advanced: no onepoch

@@ -16,6 +16,12 @@ before anything is written)::
               "sampler_seeds": {phase: int}},                         # DistributedSampler seeds
      "callbacks": {key: state}, "strategy": {"scaler": ...}, "rng": RNGState}
 
+A weights-only checkpoint (``ModelCheckpoint(save_weights_only=True)``, ``trainer.save_checkpoint(path,
+weights_only=True)``, :func:`~torchsystem_trainer.checkpoint.weights_state`) has ``"weights_only": True``, the
+``aggregate`` section without optimizers and schedulers, and of ``callbacks`` only the averaged weights of
+``EMA``/``StochasticWeightAveraging``; it loads into a model (``load_weights``, ``load_model``, ``validate``/``test``
+with ``ckpt_path``) but cannot resume a fit.
+
 The format does not depend on the number of processes: a checkpoint of a data-parallel run resumes on one process
 and the other way round (with a warning, as the data order then changes).
 
@@ -48,6 +54,7 @@ __all__ = [
     "VERSION",
     "callback_keys",
     "checkpoint_state",
+    "library_version",
     "read_checkpoint",
     "resolve_checkpoint_path",
     "restore",
@@ -59,7 +66,8 @@ _SECTIONS = ("aggregate", "loop", "callbacks", "strategy", "rng")
 
 
 @functools.cache  # read once per process, not at every save (it scans the installed distributions)
-def _library_version() -> str:
+def library_version() -> str:
+    """The installed torchsystem-trainer version, as checkpoints record it (``"0+unknown"`` when not installed)."""
     try:
         return metadata.version("torchsystem-trainer")
     except metadata.PackageNotFoundError:
@@ -137,7 +145,7 @@ def checkpoint_state(trainer: Any, aggregate: Module) -> dict[str, Any]:
     state = {
         "format": FORMAT,
         "version": VERSION,
-        "library_version": _library_version(),
+        "library_version": library_version(),
         "aggregate": aggregate_state(aggregate),
         "loop": _loop_state(trainer),
         "callbacks": {key: callback.state_dict() for key, callback in stateful},
@@ -152,7 +160,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file and check that it is one of this library, of a format version it reads.
 
     Args:
-        path: the file.
+        path: the file: a complete checkpoint, or a weights-only one (see the module docstring).
 
     Returns:
         The checkpoint dict.
@@ -174,9 +182,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(version, int) or isinstance(version, bool) or version > VERSION:
         raise CheckpointError(
             f"{source!r} has checkpoint format version {version!r} (library {state.get('library_version')!r}), newer "
-            f"than this library's {VERSION} (library {_library_version()}); upgrade torchsystem-trainer to read it"
+            f"than this library's {VERSION} (library {library_version()}); upgrade torchsystem-trainer to read it"
         )
-    absent = [section for section in _SECTIONS if section not in state]
+    absent = [section for section in _SECTIONS[:1] if section not in state]
+    if not state.get("weights_only"):
+        absent = [section for section in _SECTIONS if section not in state]
     if absent:
         raise CheckpointError(f"{source!r} is an incomplete checkpoint: it lacks {absent}")
     return state
@@ -199,7 +209,7 @@ def restore(trainer: Any, aggregate: Module, path: str | Path) -> None:
     Raises:
         FileNotFoundError: when the file does not exist.
         CheckpointError: when it is corrupt, unsafe, not a checkpoint of this library, of a newer format
-            version, or does not match the aggregate, the metrics or a callback; naming the file.
+            version, weights-only, or does not match the aggregate, the metrics or a callback; naming the file.
 
     Warns:
         UserWarning: for another aggregate identity, another number of processes (the data order changes), or a
@@ -207,6 +217,11 @@ def restore(trainer: Any, aggregate: Module, path: str | Path) -> None:
     """
     source = repr(str(path))
     state = read_checkpoint(path)
+    if state.get("weights_only"):
+        raise CheckpointError(
+            f"{source} is a weights-only checkpoint (save_weights_only=True): it holds no optimizer, loop, callback "
+            f"or random state, so it cannot resume a fit; load its weights with load_weights(aggregate, path)"
+        )
     check_aggregate_state(aggregate, state["aggregate"], source)
     loop, progress = state["loop"], trainer.progress
     try:

@@ -1,20 +1,32 @@
 """The aggregate: the consistency boundary around a model and everything it needs to learn.
 
-Follows the TorchSystem seed (``torchsystem.domain.Aggregate``): an :class:`torch.nn.Module` holding the network,
-criterion, optimizer and whatever else the task needs, with an identity, a ``phase``, an ``epoch`` whose
-assignment fires :meth:`Aggregate.onepoch`, and a queue of domain :class:`~.events.Events`.
+Follows torchsystem 1.4.9 (``torchsystem.domain.Aggregate``): an :class:`torch.nn.Module` (and an ``ABC``) holding
+the network, criterion, optimizer and whatever else the task needs, with an identity, a ``phase``, an ``epoch``
+whose every assignment but the first fires :meth:`Aggregate.onepoch`, and a queue of domain
+:class:`~.events.Events`.
 
-Beyond the seed, an aggregate has a default learner step. Given ``forward``, a ``criterion`` (or an overridden
+Beyond upstream, an aggregate has a default learner step. Given ``forward``, a ``criterion`` (or an overridden
 ``loss``) and an ``optimizer``, :meth:`Aggregate.fit` does zero-grad, forward, loss, :meth:`Aggregate.backward`,
 step. ``backward`` is the seam through which a training strategy reaches inside the step (loss scaling for
 ``16-mixed``); an aggregate written as the seed writes it, calling ``loss.backward()`` itself, still trains.
+
+The default step never gets in the way of what upstream allows: a submodule, parameter or buffer assigned under
+one of its names (``self.loss = nn.MSELoss()``, ``self.fit = ...``) is what ``self.loss`` / ``self.fit`` return,
+as in upstream, where those names are free. This is settled when the attribute is assigned (the module is also
+kept in the instance ``__dict__``, where attribute lookup finds it before the class's method), so calls cost
+nothing extra. A subclass's own method of that name still wins over a submodule, as it does upstream. Only
+assignment does this: ``add_module("fit", module)`` is refused by torch (``KeyError: attribute 'fit' already
+exists``), as for any name the class defines.
 """
 
 from __future__ import annotations
 
+import numbers
+from abc import ABC
 from collections.abc import Callable
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 
@@ -23,16 +35,21 @@ from torchsystem_trainer.domain.events import Events
 __all__ = ["Aggregate", "Phase"]
 
 Phase = Literal["train", "evaluation"]
-_UNSET: Any = object()
+
+_LEARNER_STEP = ("fit", "evaluate", "loss", "backward")
+"""The names of the default learner step, which upstream's Aggregate leaves free for submodules."""
 
 
-class Aggregate(Module):
+class Aggregate(Module, ABC):
     """Base class for aggregates: a model, its criterion, its optimizer, its identity and its events.
 
     Attributes:
         events: the aggregate's domain event queue.
-        epoch: optional; when the subclass has set it once, every later assignment calls :meth:`onepoch`.
-            The Trainer advances it by one at the end of each training epoch (0 before the first).
+        epoch: optional; every assignment but the first calls :meth:`onepoch`. "The first" means: before it
+            ``epoch`` was no attribute at all (not in the instance, not a registered buffer, not a class
+            attribute), exactly as upstream's ``hasattr(self, 'epoch')`` test. It may be an ``int`` or a
+            registered buffer; assigning a number to a buffer ``epoch`` fills a new tensor of the buffer's shape,
+            dtype and device. The Trainer sets it to the number of epochs completed at the end of each epoch.
 
     Example:
         >>> class Classifier(Aggregate):
@@ -47,7 +64,9 @@ class Aggregate(Module):
     def __init__(self) -> None:
         super().__init__()
         self.events = Events()
-        self._identity: Any = _UNSET
+        # None means "not initialized" (as upstream): a plain value, so deepcopy, pickle, torch.save and spawned
+        # processes keep it exactly (a sentinel object() would come back as another, "initialized" object)
+        self._identity: Any = None
         self._backward: Callable[[Tensor], None] | None = None
 
     # -- identity ---------------------------------------------------------------------------------------
@@ -60,23 +79,27 @@ class Aggregate(Module):
         Raises:
             ValueError: when the identity was neither initialized nor overridden.
         """
-        if self._identity is _UNSET:
+        identity = self._identity
+        if identity is None:
             raise ValueError(
                 f"{type(self).__name__}.id is not initialized: call initialize(id) once, "
                 "or override the id property"
             )
-        return self._identity
+        return identity
 
     def initialize(self, id: Any) -> None:
         """Give the aggregate its identity, once.
 
         Args:
-            id: any value identifying the aggregate root (a registry hash, a database key).
+            id: any value but ``None`` identifying the aggregate root (a registry hash, a database key).
 
         Raises:
-            ValueError: when the identity was already initialized; identities never change.
+            ValueError: when ``id`` is ``None`` (upstream silently leaves the aggregate uninitialized then), or
+                when the identity was already initialized; identities never change.
         """
-        if self._identity is not _UNSET:
+        if id is None:
+            raise ValueError(f"{type(self).__name__}.initialize: id=None is not an identity; pass a hash or a key")
+        if self._identity is not None:
             raise ValueError(
                 f"{type(self).__name__}.id is already initialized to {self._identity!r}; "
                 f"cannot re-initialize it to {id!r}"
@@ -84,8 +107,8 @@ class Aggregate(Module):
         self._identity = id
 
     def is_initialized(self) -> bool:
-        """Whether :meth:`initialize` was called. An overridden ``id`` property does not count."""
-        return self._identity is not _UNSET
+        """Whether :meth:`initialize` was called. An overridden ``id`` property does not count (as upstream)."""
+        return self._identity is not None
 
     # -- phase and epoch --------------------------------------------------------------------------------
 
@@ -93,14 +116,17 @@ class Aggregate(Module):
     def phase(self) -> Phase:
         """``'train'`` when the modules are in training mode, else ``'evaluation'``.
 
-        Assigning ``'train'`` puts every submodule in training mode, anything else in evaluation mode
-        (as the seed does), then calls :meth:`onphase`.
+        Assigning ``'train'`` calls ``self.train()``, anything else ``self.eval()`` (as upstream, so a subclass's
+        override of either runs), then :meth:`onphase`.
         """
         return "train" if self.training else "evaluation"
 
     @phase.setter
     def phase(self, value: str) -> None:
-        self.train(value == "train")
+        if value == "train":
+            self.train()
+        else:
+            self.eval()
         self.onphase()
 
     def onphase(self) -> None:
@@ -111,11 +137,39 @@ class Aggregate(Module):
         commits the domain events here, so an enqueued ``StopIteration`` ends the fit."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "epoch" and "epoch" in self.__dict__:
+        if name == "epoch":
+            existed = hasattr(self, "epoch")  # upstream's test: an attribute, a buffer or a class attribute
+            buffer = self.__dict__.get("_buffers", {}).get("epoch")
+            if buffer is not None and isinstance(value, numbers.Number):
+                value = torch.full_like(buffer, value)  # type: ignore[arg-type]
             super().__setattr__(name, value)
-            self.onepoch()
-        else:
-            super().__setattr__(name, value)
+            if existed:
+                self.onepoch()
+            return
+        if name == "bind_backward" and isinstance(value, Module | Tensor):
+            raise TypeError(
+                f"{type(self).__name__}.bind_backward is the method a training strategy calls; a "
+                f"{type(value).__name__} assigned under that name would be unreachable: give it another name"
+            )
+        super().__setattr__(name, value)
+        if name in _LEARNER_STEP:
+            self._expose(name)
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        if name in _LEARNER_STEP:
+            self.__dict__.pop(name, None)
+
+    def _expose(self, name: str) -> None:
+        """Make a parameter, buffer or submodule registered under a learner-step name what ``self.<name>``
+        returns, unless the subclass defines its own ``<name>``."""
+        if getattr(type(self), name, None) is not _DEFAULTS[name]:
+            return  # the subclass's own method wins over the submodule, as upstream's attribute lookup does
+        for table in ("_parameters", "_buffers", "_modules"):
+            registered = self.__dict__.get(table)
+            if registered is not None and name in registered:
+                self.__dict__[name] = registered[name]
+                return
 
     # -- learner step -----------------------------------------------------------------------------------
 
@@ -200,3 +254,6 @@ class Aggregate(Module):
         """
         outputs = self(inputs)
         return outputs, self.loss(outputs, targets)
+
+
+_DEFAULTS: dict[str, Any] = {name: Aggregate.__dict__[name] for name in _LEARNER_STEP}

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import inspect
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias, Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeAlias
 
 __all__ = ["Event", "Events"]
 
@@ -28,7 +28,7 @@ class Event:
     """
 
 
-DomainEvent: TypeAlias = Union[Event, type[Event], BaseException, type[BaseException], object]
+DomainEvent: TypeAlias = Event | type[Event] | BaseException | type[BaseException] | object
 Handler: TypeAlias = Callable[..., Any]
 
 
@@ -55,8 +55,10 @@ class Events:
 
     Attributes:
         queue: the events enqueued and not yet committed, oldest first.
-        handlers: ``{event type: handler or sequence of handlers}``. A handler takes no argument or the
-            event (the class or the instance, as it was enqueued).
+        handlers: ``{event type: handler or iterable of handlers}`` (a list, a tuple, a set, a generator: any
+            iterable, as upstream; a one-shot iterator is kept as a tuple the first time it is used, so its
+            handlers get every later event too). A handler takes no argument or the event (the class or the
+            instance, as it was enqueued).
 
     Example:
         >>> events = Events()
@@ -71,7 +73,7 @@ class Events:
 
     def __init__(self) -> None:
         self.queue: deque[DomainEvent] = deque()
-        self.handlers: dict[type, Handler | Sequence[Handler]] = {}
+        self.handlers: dict[type, Handler | Iterable[Handler]] = {}
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -100,8 +102,10 @@ class Events:
         """
         key = event if isinstance(event, type) else type(event)
         handlers = self.handlers.get(key)
+        if isinstance(handlers, Iterator):  # a generator would be spent after one event: keep its handlers
+            handlers = self.handlers[key] = tuple(handlers)
         if handlers:
-            for handler in handlers if isinstance(handlers, Sequence) else (handlers,):
+            for handler in handlers if isinstance(handlers, Iterable) else (handlers,):
                 if _takes_event(handler):
                     handler(event)
                 else:

@@ -149,7 +149,7 @@ class Binder:
         Raises:
             Nothing: the call was accepted by ``__init__``.
         """
-        bound = dict(zip(self.positional, args))
+        bound = dict(zip(self.positional, args, strict=False))  # args may be fewer (defaults) or more (*args)
         extras: dict[str, Any] = {}
         for key, value in kwargs.items():
             if key in self.keyword:

@@ -54,7 +54,7 @@ _setattr = object.__setattr__
 def _install(registration: Registration) -> None:
     """Replace ``registration.cls.__init__`` by a capturing wrapper."""
     cls = registration.cls
-    original = getattr(cls, "__init__")  # own or inherited
+    original = getattr(cls, "__init__")  # noqa: B009 (own or inherited; mypy refuses cls.__init__)
     bind = registration.binder.bind
     name = registration.name
 
@@ -71,7 +71,7 @@ def _install(registration: Registration) -> None:
 
     setattr(__init__, REGISTRATION, registration)
     try:
-        setattr(cls, "__init__", __init__)
+        setattr(cls, "__init__", __init__)  # noqa: B010 (mypy refuses assigning cls.__init__)
     except (TypeError, AttributeError) as error:
         raise RegistrationError(
             f"cannot register {cls.__qualname__}: its __init__ cannot be replaced ({error})"
@@ -105,7 +105,8 @@ def capture(
     if name is not None and (not isinstance(name, str) or not name):
         raise TypeError(f"the registered name of {cls.__qualname__} must be a non-empty str, got {name!r}")
     binder = Binder.from_init(
-        getattr(cls, "__init__"), cls.__qualname__, tuple(excluded_args or ()), tuple(excluded_kwargs or ())
+        getattr(cls, "__init__"),  # noqa: B009 (mypy refuses cls.__init__)
+        cls.__qualname__, tuple(excluded_args or ()), tuple(excluded_kwargs or ())
     )
     registration = Registration(cls=cls, name=name, binder=binder)
     existing = registration_of(cls)

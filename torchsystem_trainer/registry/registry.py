@@ -1,14 +1,19 @@
-"""``Registry``: a named collection of registered classes (mlregistry 1.2.3 ``Registry``).
+"""``Registry``: a named collection of registered classes (mlregistry 1.2.3 / torchsystem 1.4.9 ``Registry``).
 
 Registering a class in a :class:`Registry` registers it exactly as :func:`~.registration.register` does (its
 instances capture their arguments) and also files it under its name, so it can be looked up by name (from a
-configuration file, a REST request) together with its signature.
+configuration file, a REST request) together with its signature. As torchsystem 1.4.9's copy of the registry
+does, a registered :class:`torch.nn.Module` subclass is also added to torch's safe globals, so a whole module of
+that class saved with ``torch.save`` loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar, overload
+
+import torch.serialization
+from torch.nn import Module
 
 from torchsystem_trainer.registry.errors import RegistrationError
 from torchsystem_trainer.registry.metadata import Registration
@@ -67,6 +72,8 @@ class Registry(Generic[T]):
         self._check_free(cls, name or cls.__name__)  # before touching the class: all or nothing
         cls, registration = capture(cls, name, excluded_args, excluded_kwargs)
         self._file(cls, registration)
+        if issubclass(cls, Module):
+            _allow_weights_only_loading(cls)
         return cls
 
     @overload
@@ -92,9 +99,11 @@ class Registry(Generic[T]):
 
         Same forms as :func:`~.registration.register`: ``registry.register(cls, ...)``, ``@registry.register``,
         ``@registry.register('name')``, ``@registry.register(excluded_args=[0])``. A named class is filed under
-        that name and its instances carry it. Unlike mlregistry 1.2.3, the decorator forms return the class
-        (mlregistry's named form returns ``None``), and a name already filed for another class is an error
-        rather than a silent overwrite.
+        that name and its instances carry it. An :class:`torch.nn.Module` subclass is added to torch's safe
+        globals (``torch.serialization.add_safe_globals``, as torchsystem 1.4.9 does), so whole modules of that
+        class load with ``torch.load(weights_only=True)`` when everything they hold is itself loadable that way.
+        Unlike mlregistry 1.2.3, the decorator forms return the class (mlregistry's returns ``None``), and a
+        name already filed for another class is an error rather than a silent overwrite.
 
         Args:
             cls: the class; or its name in this registry (decorator form); or ``None``.
@@ -175,3 +184,12 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.keys()})"
+
+
+def _allow_weights_only_loading(cls: type) -> None:
+    """Add ``cls`` to torch's safe globals, unless it is there already (the list is process-wide)."""
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is None:  # torch < 2.4 has no allowlist: weights_only loading of a whole module is impossible there
+        return
+    if cls not in torch.serialization.get_safe_globals():
+        add([cls])

@@ -8,13 +8,14 @@ stopping raises ``StopIteration`` back through ``subscriber.receive``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, ParamSpec, TypeVar, cast
 
+from torchsystem_trainer.depends import Depends as Depends
 from torchsystem_trainer.depends import Injector, Provider, inject
 from torchsystem_trainer.services.registration import register_unique
 
-__all__ = ["Publisher", "Subscriber"]
+__all__ = ["Depends", "Publisher", "Subscriber"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,41 +43,71 @@ class Subscriber(Injector):
     def __init__(self, name: str | None = None, *, provider: Provider | None = None) -> None:
         super().__init__(provider)
         self.name = name
-        self._handlers: dict[str, list[Callable[[Any], None]]] = {}
+        self.__dict__["_subscriber_handlers"] = {}  # a name a subclass will not pick for its own attribute
 
-    def _table(self) -> dict[str, list[Callable[[Any], None]]]:
-        table: dict[str, list[Callable[[Any], None]]] | None = getattr(self, "_handlers", None)
+    @property
+    def handlers(self) -> dict[Hashable, list[Callable[[Any], None]]]:
+        """The ``topic -> injected handlers`` table :meth:`receive` reads: the live dict (as upstream), so
+        handlers added or removed there change what a message reaches. A function added directly is called as
+        it is, without dependency injection; :meth:`register` and :meth:`subscribe` inject."""
+        table: dict[Hashable, list[Callable[[Any], None]]] | None = self.__dict__.get("_subscriber_handlers")
         if table is None:  # a subclass that skipped __init__
-            table = self._handlers = {}
+            table = self.__dict__["_subscriber_handlers"] = {}
         return table
 
-    def subscribe(self, *topics: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    @handlers.setter
+    def handlers(self, table: dict[Hashable, list[Callable[[Any], None]]]) -> None:
+        self.__dict__["_subscriber_handlers"] = table
+
+    def _add(self, topics: tuple[Hashable, ...], function: Callable[P, R]) -> Callable[P, R]:
+        injected = inject(self.provider)(function)
+        handler = cast(Callable[[Any], None], injected)
+        table = self.handlers
+        for topic in dict.fromkeys(topics):
+            table.setdefault(topic, []).append(handler)
+        return injected
+
+    def register(self, topic: Hashable, handler: Callable[P, R]) -> Callable[P, R]:
+        """Register ``handler`` on ``topic`` (torchsystem 1.4.9 ``Subscriber.register``).
+
+        Args:
+            topic: The topic, e.g. ``"loss"``.
+            handler: Called as ``handler(message)`` with dependencies injected.
+
+        Returns:
+            The injected wrapper (upstream returns ``None``).
+
+        Raises:
+            TypeError: If ``handler`` is not callable or ``topic`` is not hashable.
+        """
+        hash(topic)  # an unhashable topic fails here, before anything is registered
+        return self._add((topic,), handler)
+
+    def subscribe(self, *topics: Hashable) -> Callable[[Callable[P, R]], Callable[P, R]]:
         """Register the decorated function on every topic in ``topics``.
 
         Args:
-            *topics: One or more topic names; a repeated topic registers once.
+            *topics: One or more topic names; a repeated topic registers once (upstream registers it twice,
+                so the handler would run twice per message).
 
         Returns:
-            A decorator that returns the injected wrapper, which stays directly callable.
+            A decorator that returns the injected wrapper, which stays directly callable (upstream returns the
+            plain function).
 
         Raises:
-            ValueError: If no topic is given.
+            ValueError: If no topic is given (upstream registers nothing, silently).
         """
         if not topics:
             raise ValueError("subscribe() needs at least one topic, e.g. @subscriber.subscribe('loss')")
-        keys = list(dict.fromkeys(topics))
+        for topic in topics:
+            hash(topic)
 
         def decorator(function: Callable[P, R]) -> Callable[P, R]:
-            injected = inject(self.provider)(function)
-            handler = cast(Callable[[Any], None], injected)
-            table = self._table()
-            for topic in keys:
-                table.setdefault(topic, []).append(handler)
-            return injected
+            return self._add(topics, function)
 
         return decorator
 
-    def receive(self, message: Any, topic: str) -> None:
+    def receive(self, message: Any, topic: Hashable) -> None:
         """Call the handlers subscribed to ``topic`` with ``message``, in subscription order.
 
         Args:
@@ -87,28 +118,29 @@ class Subscriber(Injector):
             Exception: Whatever a handler raises (``StopIteration`` included) propagates; later handlers are
                 not called.
         """
-        for handler in self._table().get(topic, ()):
+        for handler in self.handlers.get(topic, ()):
             handler(message)
 
-    def subscriptions(self) -> dict[str, list[Callable[[Any], None]]]:
+    def subscriptions(self) -> dict[Hashable, list[Callable[[Any], None]]]:
         """A copy of the ``topic -> injected handlers`` table.
 
         Returns:
             The table, topics in first-subscription order.
         """
-        return {topic: list(handlers) for topic, handlers in self._table().items()}
+        return {topic: list(handlers) for topic, handlers in self.handlers.items()}
 
 
 class Publisher:
-    """Sends messages on a topic to every registered subscriber, in registration order."""
+    """Sends messages on a topic to every registered subscriber, in registration order.
+
+    Attributes:
+        subscribers: the registered subscribers, in registration order: the live list (as upstream), so a
+            subscriber appended or removed there changes who :meth:`publish` reaches. :meth:`register` checks
+            each subscriber and skips one already registered; appending directly does neither.
+    """
 
     def __init__(self) -> None:
-        self._subscribers: list[Subscriber] = []
-
-    @property
-    def subscribers(self) -> list[Subscriber]:
-        """A copy of the registered subscribers, in registration order."""
-        return list(self._subscribers)
+        self.subscribers: list[Subscriber] = []
 
     def register(self, *subscribers: Subscriber) -> None:
         """Register subscribers; registering one that is already registered does nothing.
@@ -119,9 +151,9 @@ class Publisher:
         Raises:
             TypeError: If one has no callable ``receive``; none is registered then.
         """
-        register_unique(self._subscribers, subscribers, "receive", "Publisher")
+        register_unique(self.subscribers, subscribers, "receive", "Publisher")
 
-    def publish(self, message: Any, topic: str) -> None:
+    def publish(self, message: Any, topic: Hashable) -> None:
         """Call ``subscriber.receive(message, topic)`` on every registered subscriber.
 
         Args:
@@ -131,5 +163,5 @@ class Publisher:
         Raises:
             Exception: Whatever a handler raises propagates to the caller; later subscribers are not called.
         """
-        for subscriber in self._subscribers:
+        for subscriber in self.subscribers:
             subscriber.receive(message, topic)

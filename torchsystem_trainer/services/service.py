@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
+from torchsystem_trainer.depends import Depends as Depends
 from torchsystem_trainer.depends import Injector, Provider, inject
 
-__all__ = ["Service", "kebab_case"]
+__all__ = ["Depends", "Service", "kebab_case"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +47,11 @@ class Service(Injector):
         service.dependency_overrides[device] = lambda: "cpu"
         service.handle("train-model", model, loader)  # or train_model(model, loader)
 
+    Attributes:
+        handlers: the ``name -> injected handler`` table, in registration order: the live dict (as upstream), so
+            an entry added or removed there changes what :meth:`handle` finds. A function added directly is called
+            as it is, without dependency injection; :meth:`handler` injects.
+
     Args:
         name: Optional name, used in error messages.
         provider: Overrides shared with other injectors; this service gets its own if None.
@@ -62,15 +68,10 @@ class Service(Injector):
         super().__init__(provider)
         self.name = name
         self.generator = generator
-        self._handlers: dict[str, Callable[..., Any]] = {}
+        self.handlers: dict[str, Callable[..., Any]] = {}
 
     def __repr__(self) -> str:
         return f"Service({self.name!r})" if self.name is not None else "Service()"
-
-    @property
-    def handlers(self) -> dict[str, Callable[..., Any]]:
-        """A copy of the ``name -> injected handler`` table, in registration order."""
-        return dict(self._handlers)
 
     def handler(self, function: Callable[P, R]) -> Callable[P, R]:
         """Register ``function`` under ``generator(function.__name__)``; use as a decorator.
@@ -83,13 +84,14 @@ class Service(Injector):
             ``service.handle("train", model, loader)`` does.
 
         Raises:
-            ValueError: If a handler is already registered under the same generated name.
+            ValueError: If a handler is already registered under the same generated name (torchsystem 1.4.9
+                replaces it silently; remove the old one from :attr:`handlers` first to replace it).
         """
         name = self.generator(getattr(function, "__name__", type(function).__name__))
-        if name in self._handlers:
+        if name in self.handlers:
             raise ValueError(f"{self!r} already has a handler named {name!r}: give {function!r} another name")
         injected = inject(self.provider)(function)
-        self._handlers[name] = injected
+        self.handlers[name] = injected
         return injected
 
     def handle(self, name: str, /, *args: Any, **kwargs: Any) -> Any:
@@ -107,8 +109,8 @@ class Service(Injector):
             KeyError: If no handler is registered under ``name``; the message lists the known names.
         """
         try:
-            handler = self._handlers[name]
+            handler = self.handlers[name]
         except KeyError:
-            known = ", ".join(repr(key) for key in self._handlers) or "none"
+            known = ", ".join(repr(key) for key in self.handlers) or "none"
             raise KeyError(f"{self!r} has no handler named {name!r}; known handlers: {known}") from None
         return handler(*args, **kwargs)

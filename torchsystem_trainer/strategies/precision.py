@@ -9,6 +9,7 @@ is skipped by the scaler.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, ContextManager, Literal, get_args
 
 import torch
@@ -32,6 +33,9 @@ class Precision:
 
     Raises:
         ValueError: for an unknown ``precision``, listing the valid values.
+
+    Warns:
+        UserWarning: for ``"16-mixed"`` on the CPU, suggesting ``"bf16-mixed"``.
     """
 
     def __init__(self, precision: str, device: torch.device) -> None:
@@ -42,6 +46,13 @@ class Precision:
         self.autocast_dtype: torch.dtype | None = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(
             precision
         )
+        if precision == "16-mixed" and device.type == "cpu":
+            warnings.warn(
+                "precision='16-mixed' on the CPU: float16 autocast there is slow and needs loss scaling; "
+                "precision='bf16-mixed' is the CPU's mixed precision (bfloat16 has float32's range, no scaler)",
+                UserWarning,
+                stacklevel=3,
+            )
         self.scaler: torch.amp.GradScaler | None = (
             torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
         )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from torch.nn import Module
 
 __all__ = [
+    "LIGHTNING_ONLY",
     "aggregate",
     "choice",
     "fast_dev_run",
@@ -19,7 +21,67 @@ __all__ = [
     "positive_int",
     "seconds",
     "subscriptions",
+    "unknown_keywords",
 ]
+
+
+LIGHTNING_ONLY: dict[str, str] = {
+    "accelerator": "strategy='cpu', 'cuda' or 'mps' (or DDPStrategy(accelerator=...))",
+    "devices": "strategy=DDPStrategy(devices=...) for one process per device, or strategy=SingleDeviceStrategy('cuda:1') "
+    "for one device",
+    "num_nodes": "start every node with torchrun --nnodes=N and give strategy='ddp' (docs/distributed.md)",
+    "logger": "callbacks=[TensorBoardLogger(...), CSVLogger(...)]: loggers are callbacks here",
+    "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(log_every_n_steps=...) in callbacks",
+    "enable_checkpointing": "nothing: checkpoints are written only by a ModelCheckpoint in callbacks=[...]",
+    "val_check_interval": "check_val_every_n_epoch=n (validation at the end of every n-th epoch); mid-epoch validation "
+    "is not available yet",
+    "num_sanity_val_steps": "not available yet: trainer.validate(aggregate, loader) with limit_val_batches=2 before "
+    "fit does the same check",
+    "limit_test_batches": "not available yet: give test() a shorter loader",
+    "limit_predict_batches": "not available yet: give predict() a shorter loader",
+    "min_epochs": "not available yet: EarlyStopping(...) without a minimum",
+    "min_steps": "not available yet",
+    "profiler": "not available yet: torch.profiler.profile() around fit",
+    "benchmark": "set torch.backends.cudnn.benchmark = True before fit",
+    "detect_anomaly": "call fit inside `with torch.autograd.detect_anomaly():`",
+    "sync_batchnorm": "torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) before fit",
+    "use_distributed_sampler": "nothing: DDPStrategy shards the loaders itself (a loader that already has a "
+    "DistributedSampler keeps it)",
+    "reload_dataloaders_every_n_epochs": "nothing: every epoch iterates the loaders anew",
+    "inference_mode": "nothing: evaluation always runs under torch.inference_mode()",
+    "plugins": "strategy=... and precision=...",
+    "overfit_batches": "limit_train_batches=n, giving the training loader as the validation loader too",
+    "barebones": "Trainer(enable_progress_bar=False, enable_model_summary=False, verbose=False) with no callbacks: "
+    "the Trainer adds nothing else",
+}
+"""Lightning ``Trainer`` keywords this Trainer does not take, each with what to write instead."""
+
+
+def unknown_keywords(given: Mapping[str, Any], valid: Sequence[str]) -> None:
+    """Refuse keyword arguments the Trainer does not take, naming our equivalent of a Lightning keyword or the
+    closest valid name.
+
+    Args:
+        given: the unexpected keyword arguments.
+        valid: the Trainer's keyword arguments.
+
+    Raises:
+        TypeError: for the first unexpected keyword, if any.
+    """
+    if not given:
+        return
+    name = next(iter(given))
+    if name in LIGHTNING_ONLY:
+        raise TypeError(
+            f"Trainer() got {name}={given[name]!r}, a Lightning Trainer argument this Trainer does not take; here: "
+            f"{LIGHTNING_ONLY[name]}"
+        )
+    close = difflib.get_close_matches(name, valid, n=1)
+    raise TypeError(
+        f"Trainer() got an unexpected keyword argument {name!r}"
+        + (f"; did you mean {close[0]!r}?" if close else "")
+        + f" Valid arguments: {', '.join(valid)}"
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -134,11 +196,19 @@ def aggregate(value: Any, methods: Sequence[str], method: str) -> None:
     Raises:
         TypeError: naming what is missing.
     """
+    expected = (
+        "an Aggregate (torchsystem_trainer.Aggregate: given forward, a criterion and an optimizer it has a default "
+        "fit and evaluate), or any torch.nn.Module with "
+        + " and ".join(f"{name}(...)" for name in methods)
+        + " methods returning (predictions, loss)"
+        if methods
+        else "a torch.nn.Module (an Aggregate, or any module)"
+    )
     if not isinstance(value, Module):
-        raise TypeError(f"Trainer.{method}: the aggregate is a {type(value).__name__}, not a torch.nn.Module")
+        raise TypeError(f"Trainer.{method}: the aggregate is a {type(value).__name__}; expected {expected}")
     for name in methods:
         if not callable(getattr(value, name, None)):
-            raise TypeError(f"Trainer.{method}: {type(value).__name__} has no {name}() method")
+            raise TypeError(f"Trainer.{method}: {type(value).__name__} has no {name}() method; expected {expected}")
 
 
 def subscriptions(callbacks: Sequence[Any]) -> list[dict[str, list[Callable[[Any], None]]]]:
@@ -148,11 +218,16 @@ def subscriptions(callbacks: Sequence[Any]) -> list[dict[str, list[Callable[[Any
         One ``{event name: handlers}`` table per callback, in order.
 
     Raises:
-        TypeError: for a callback that is not a consumer (no ``subscriptions()``).
+        TypeError: for a callback that is not a consumer (no ``subscriptions()``), or a callback class given
+            instead of an instance.
         ValueError: from a ``Callback`` with a hook that matches no event.
     """
     tables = []
     for index, callback in enumerate(callbacks):
+        if isinstance(callback, type):
+            raise TypeError(
+                f"callbacks[{index}] is the class {callback.__name__}, not an instance: write {callback.__name__}(...)"
+            )
         method = getattr(callback, "subscriptions", None)
         if not callable(method):
             raise TypeError(

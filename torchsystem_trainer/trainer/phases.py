@@ -25,7 +25,7 @@ from torchsystem_trainer.events import (
     Validated,
 )
 from torchsystem_trainer.strategies.binding import find_optimizers
-from torchsystem_trainer.trainer.loaders import batch_size, batch_targets, call_step, limit_of
+from torchsystem_trainer.trainer.loaders import batch_size, call_step, limit_of, targets_reader
 
 if TYPE_CHECKING:
     from torchsystem_trainer.trainer.trainer import Trainer
@@ -62,6 +62,7 @@ def train_phase(
     accumulate, max_steps = trainer.accumulate_grad_batches, trainer.max_steps
     listeners = bus.handlers(BatchTrained)
     wants_targets = results.metrics is not None or bool(listeners)
+    read_targets = targets_reader(aggregate, results.metrics is not None, "train")
     reason: EndReason | None = None
     distributed = strategy.world_size > 1
     index = progress.batch - 1
@@ -81,7 +82,7 @@ def train_phase(
             with context():
                 predictions, loss = call_step(fit, batch, owner)
         loss = loss.detach()  # the step is done with its graph: results and events keep the value only
-        targets = batch_targets(batch) if wants_targets else None
+        targets = read_targets(batch) if wants_targets else None
         results.update(loss, batch_size(batch), predictions, targets)
         progress.batch = index + 1
         progress.step += 1
@@ -137,13 +138,14 @@ def evaluate_phase(
     to_device = strategy.batch_to_device
     listeners = bus.handlers(batch_event)
     wants_targets = results.metrics is not None or bool(listeners)
+    read_targets = targets_reader(aggregate, results.metrics is not None, phase)
     with torch.inference_mode(), strategy.forward_context():
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
                 break
             batch = to_device(batch)
             predictions, loss = call_step(evaluate, batch, owner)
-            targets = batch_targets(batch) if wants_targets else None
+            targets = read_targets(batch) if wants_targets else None
             results.update(loss, batch_size(batch), predictions, targets)
             if listeners:
                 event = batch_event(trainer, aggregate, epoch, index, progress.step, predictions, loss, targets)

@@ -7,6 +7,7 @@ checkpointing and stopping rules belong to callbacks, which are consumers of the
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -55,7 +56,7 @@ class Trainer:
     Keras' ``epochs=1``; with only ``max_steps`` or ``max_time``, epochs repeat until that limit.
 
     Args:
-        callbacks: consumers of the events, dispatched in list order, except that checkpoint callbacks
+        callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
             (``ModelCheckpoint``) run after all others: ``Callback`` subclasses, or any ``Consumer`` (seed style,
             handlers with ``Depends``). Checked here: a ``Callback`` method that looks
             like a hook (``on_...``) but matches no event raises.
@@ -88,12 +89,14 @@ class Trainer:
 
     Raises:
         ValueError: for an invalid value, naming the argument, the value and what is valid.
-        TypeError: for a callback that is not a consumer, or an argument of the wrong type.
+        TypeError: for a callback that is not a consumer (or a callback class instead of an instance), an argument
+            of the wrong type, or a keyword this Trainer does not take (for a Lightning keyword such as
+            ``accelerator`` or ``logger``, the message says what to write here instead).
     """
 
     def __init__(
         self,
-        callbacks: Sequence[Consumer] = (),
+        callbacks: Sequence[Consumer] | None = (),
         strategy: str | Strategy = "auto",
         max_epochs: int | None = None,
         max_steps: int | None = None,
@@ -113,7 +116,10 @@ class Trainer:
         seed: int | None = None,
         deterministic: bool = False,
         precision: str | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            check.unknown_keywords(unknown, [name for name in inspect.signature(Trainer).parameters if name != "unknown"])
         self.max_epochs = check.non_negative_int("max_epochs", max_epochs)
         self.max_steps = check.non_negative_int("max_steps", max_steps)
         self.max_time = check.seconds("max_time", max_time)
@@ -135,7 +141,7 @@ class Trainer:
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
-        callbacks = self._with_progress_bar(list(callbacks), enable_progress_bar)
+        callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
         from torchsystem_trainer.callbacks import ConsoleLines, ModelSummary  # upward, as for the default bar
 
         callbacks = _with_default(
@@ -177,6 +183,12 @@ class Trainer:
     def global_step(self) -> int:
         """Optimizer steps since the run began (``progress.global_step``)."""
         return self.progress.global_step
+
+    @property
+    def train_dataloader(self) -> Iterable[Any] | None:
+        """The training loader of the fit running now, as the strategy prepared it (Lightning's name); ``None``
+        outside a fit."""
+        return self._loaders.get("train")
 
     @property
     def is_global_zero(self) -> bool:
@@ -327,6 +339,41 @@ class Trainer:
         check.aggregate(aggregate, (), "predict")
         (_, loader), = normalize_loaders(loader, ("predict",), "predict")
         return self.strategy.launch(self._predict, aggregate, loader)
+
+    def save_checkpoint(
+        self, filepath: str | os.PathLike[str], weights_only: bool = False, *, aggregate: Module | None = None
+    ) -> Path:
+        """Write a checkpoint of ``aggregate`` and this trainer now, atomically, as ``ModelCheckpoint`` does
+        (Lightning's ``Trainer.save_checkpoint``): the whole state of ``checkpoint_state`` (resumable with
+        ``fit(ckpt_path=filepath)``), or with ``weights_only`` the weights alone (``weights_state``: for
+        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only.
+
+        Args:
+            filepath: the file; its folder is created when missing.
+            weights_only: write only the weights (and the averaged weights of ``EMA``/``StochasticWeightAveraging``).
+            aggregate: the aggregate to save; default the one of this trainer's latest ``fit``, ``validate``,
+                ``test`` or ``predict`` in this process (a ``fit`` that started processes ran in them: pass it then).
+
+        Returns:
+            The path written.
+
+        Raises:
+            RuntimeError: when no aggregate is given and this trainer has run none in this process.
+            TypeError: when some state holds a value ``weights_only`` loading would refuse (nothing is written).
+            OSError: when the folder cannot be written; an existing file is then unchanged.
+        """
+        from torchsystem_trainer.checkpoint import checkpoint_state, save_atomic, weights_state
+
+        target = aggregate if aggregate is not None else self.__dict__.get("_aggregate")
+        if target is None:
+            raise RuntimeError(
+                "Trainer.save_checkpoint: aggregate=None and this trainer has run no aggregate in this process; "
+                "pass aggregate="
+            )
+        state = weights_state(target, self.callbacks) if weights_only else checkpoint_state(self, target)
+        if self.strategy.is_global_zero:
+            save_atomic(state, filepath)
+        return Path(filepath)
 
     # -- the run ----------------------------------------------------------------------------------------
 
