@@ -12,6 +12,7 @@ its baseline's and the median of the per-round ratios, the per-step overhead in 
   validation, metric, TensorBoard scalars, a checkpoint per epoch);
 * ``trainer-loggers / raw-loggers <= 1.03`` (``TensorBoardLogger`` and ``CSVLogger`` against the same writing done
   by hand);
+* ``trainer-tracked / trainer-std <= 1.01`` on the MLP (the standard set plus ``RunTracker`` on SQLite);
 * ``lightning / trainer >= 1.25`` on the MLP;
 * the bare Trainer's final weights bit-identical (``torch.equal``) to the raw loop's;
 * ``import torchsystem_trainer`` at most 0.15 s over ``import torch`` (:mod:`benchmarks.import_time`).
@@ -58,6 +59,7 @@ BASELINES = {
     "trainer": "raw",
     "trainer-std": "raw-full",
     "trainer-loggers": "raw-loggers",
+    "trainer-tracked": "trainer-std",
     "lightning": "raw",
     "lightning-full": "raw-full",
 }
@@ -65,10 +67,12 @@ PARITY = {
     "trainer": "raw",
     "trainer-std": "raw-full",
     "trainer-loggers": "raw-loggers",
+    "trainer-tracked": "raw-full",
     "lightning": "raw",
     "lightning-full": "raw-full",
 }
 BUDGET_BARE, BUDGET_STD, BUDGET_LIGHTNING, BUDGET_LOGGERS = 1.02, 1.05, 1.25, 1.03
+BUDGET_TRACKED = 1.01  # issue 14: the standard set plus RunTracker on SQLite against the standard set alone
 
 
 def _base(label: str) -> str:
@@ -283,6 +287,9 @@ def _verdicts(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             lines.append(line(workload, f"{label} / raw-full", of(summary[label]), BUDGET_STD, True))
         for label in [label for label in summary if _base(label) == "trainer-loggers" and "ratio" in summary[label]]:
             lines.append(line(workload, f"{label} / raw-loggers", of(summary[label]), BUDGET_LOGGERS, True))
+        for label in [label for label in summary if _base(label) == "trainer-tracked" and "ratio" in summary[label]]:
+            judged = True if workload == "mlp" else None
+            lines.append(line(workload, f"{label} / trainer-std", of(summary[label]), BUDGET_TRACKED, judged))
         for ours, theirs in (("trainer", "lightning"), ("trainer-std", "lightning-full")):
             for label in [label for label in summary if _base(label) == ours]:
                 if theirs not in summary:

@@ -28,6 +28,8 @@ Variants (all train the same network from the same seed on the same batches, in 
 ``trainer-loggers`` the Trainer with ``TensorBoardLogger`` and ``CSVLogger`` (``log_every_n_steps=50``), no
                     validation, no metric: the loggers' own cost. (When ``Aggregate.log`` lands, its aggregate
                     logs two values per step and both sides write them.)
+``trainer-tracked`` ``trainer-std`` plus ``RunTracker`` writing the run store to a SQLite file (a new run per
+                    fit; the aggregate gets an identity with ``initialize``). Measured against ``trainer-std``.
 ``lightning``       Lightning 2.x (``lightning`` or ``pytorch_lightning``) with logging, checkpointing, the
                     progress bar and the model summary off.
 ``lightning-full``  Lightning with the same standard set as ``trainer-std`` (``self.log`` of the loss and the
@@ -334,7 +336,7 @@ def _trainer(workload: Workload, data: Data, device: torch.device, tmp: Path) ->
 
 
 def _trainer_std(
-    workload: Workload, data: Data, device: torch.device, tmp: Path
+    workload: Workload, data: Data, device: torch.device, tmp: Path, tracked: bool = False
 ) -> tuple[nn.Module, Callable[[], None]]:
     import torch.utils.tensorboard  # noqa: F401  # imported outside the timed region, as for raw-full
 
@@ -343,15 +345,21 @@ def _trainer_std(
     from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
     from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 
+    if tracked:
+        from torchsystem_trainer.tracking import RunTracker  # imported outside the timed region too
     model = _aggregate(workload, device)
+    if tracked:
+        model.initialize(f"benchmark-{workload.name}")  # the store's key
     metric = workload.metric()
 
     def fit() -> None:
+        tracking = [RunTracker(f"sqlite:///{tmp / 'runs.db'}")] if tracked else []
         trainer = Trainer(
             callbacks=[
                 EarlyStopping(monitor="validation/loss", patience=workload.epochs + 1),
                 ModelCheckpoint(dirpath=tmp / "checkpoints", save_top_k=-1),
                 TensorBoardLogger(save_dir=tmp / "tensorboard", log_every_n_steps=LOG_EVERY_N_STEPS),
+                *tracking,
             ],
             metrics={workload.metric_name: metric},
             max_epochs=workload.epochs,
@@ -390,6 +398,12 @@ def _trainer_loggers(
         trainer.fit(model, [("train", data.train)])
 
     return model.nn, fit
+
+
+def _trainer_tracked(
+    workload: Workload, data: Data, device: torch.device, tmp: Path
+) -> tuple[nn.Module, Callable[[], None]]:
+    return _trainer_std(workload, data, device, tmp, tracked=True)
 
 
 # -- Lightning ------------------------------------------------------------------------------------------------
@@ -515,6 +529,7 @@ VARIANTS: dict[str, Callable[..., tuple[nn.Module, Callable[[], None]]]] = {
     "trainer-std": _trainer_std,
     "raw-loggers": _raw_loggers,
     "trainer-loggers": _trainer_loggers,
+    "trainer-tracked": _trainer_tracked,
     "lightning": _lightning,
     "lightning-full": _lightning_full,
 }

@@ -22,7 +22,8 @@ Which events fire, for each way a fit ends (``FitEnded.reason``):
 ================  ==============================================  =========================================
 ending            cause                                           events at the end, in order
 ================  ==============================================  =========================================
-``completed``     ``max_epochs`` epochs ran (one, with no limit)  ... ``Iterated``, ``FitEnded``
+``completed``     the aggregate reached ``max_epochs`` (one more  ... ``Iterated``, ``FitEnded``
+                  epoch with no limit)
 ``max_steps``     ``max_steps`` optimizer steps ran               ... ``BatchTrained``, ``Trained``,
                                                                   ``Iterated``, ``FitEnded``
 ``max_time``      ``max_time`` elapsed (checked after each        ... ``BatchTrained``, ``Trained``,

@@ -82,6 +82,7 @@ class Classifier(Aggregate):
 
     Attributes:
         epoch: epochs trained so far (0-based count); each assignment after the first commits the domain events.
+        restored_from: the checkpoint its weights were restored from by the compilation pipeline, else ``None``.
     """
 
     def __init__(self, nn: nn.Module, criterion: nn.Module, optimizer: Optimizer) -> None:
@@ -91,6 +92,7 @@ class Classifier(Aggregate):
         self.criterion = criterion
         self.optimizer = optimizer
         self.flatten = torch.nn.Flatten()
+        self.restored_from: str | None = None
 
     @property
     def id(self) -> str:

@@ -20,7 +20,14 @@ Files, in Lightning's layout, one ``version_N`` per run::
     <runs-dir>/<dataset>/<classifier id>/version_N/metrics.csv               CSV (and hparams.yaml)
     <runs-dir>/<dataset>/<classifier id>/version_N/checkpoints/*.ckpt        best and last checkpoints
 
+    <runs-dir>/runs.db                                                       the run store (--store-url)
+
 where ``<classifier id>`` is the registry hash of the network (same hyper-parameters, same folder).
+
+The run store (:mod:`torchsystem_trainer.tracking`, on by default, ``--no-store`` to leave it out) records every run,
+and makes a second run with the same hyper-parameters continue the same model: the compilation pipeline reads the
+model's epoch from the store (the seed's ``get_current_epoch``) and its weights from the newest checkpoint the
+store recorded, and the run trains ``--epochs`` more epochs (``max_epochs`` is the total the model reaches).
 
 ``--lr-find`` runs the learning-rate range test instead of training (``Tuner(trainer).lr_find``): it prints the
 suggested ``--lr`` and writes the loss curve to ``<runs-dir>/<dataset>/<classifier id>/lr_find.png`` (with
@@ -35,6 +42,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torchmetrics import Accuracy
@@ -59,6 +67,9 @@ from torchsystem_trainer.strategies import PRECISIONS
 
 __all__ = ["DEFAULTS", "LRSearch", "RunResult", "find_lr", "main", "parse_args", "run"]
 
+if TYPE_CHECKING:
+    from torchsystem_trainer.tracking import RunTracker, Tracker
+
 logger = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, dict[str, int | None]] = {
@@ -81,13 +92,19 @@ class RunResult:
         test: the test phase's results on the best checkpoint: ``{"loss": ..., "accuracy": ...}``.
         log_dir: the run's folder (TensorBoard event files, and ``checkpoints/`` inside it).
         best_checkpoint: the checkpoint with the lowest validation loss, ``None`` if none was written.
-        epochs: epochs trained (fewer than asked when early stopping ended the fit).
+        epochs: epochs trained by this run (fewer than asked when early stopping ended the fit).
+        start_epoch: the model's epochs completed when the run started (0 for a new model; from the store).
+        restored_from: the checkpoint the model's weights were restored from, ``None`` for a new model.
+        run_id: the run's id in the store, ``None`` with ``--no-store``.
     """
 
     test: dict[str, float]
     log_dir: Path
     best_checkpoint: Path | None
     epochs: int
+    start_epoch: int = 0
+    restored_from: str | None = None
+    run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +152,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="folder of the IDX files (mnist, fashion-mnist); default ./data/<dataset>")
     parser.add_argument("--download", action="store_true", help="fetch missing IDX files (checksum-verified)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="maximum epochs; default " + ", ".join(f"{k}: {v['epochs']}" for k, v in DEFAULTS.items()))
+                        help="epochs to train in this run (a continued model trains this many more); default "
+                        + ", ".join(f"{k}: {v['epochs']}" for k, v in DEFAULTS.items()))
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default " + ", ".join(f"{k}: {v['batch_size']}" for k, v in DEFAULTS.items()))
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
@@ -152,6 +170,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="torch.set_num_threads for the run; default digits: 1, others: torch's own")
     parser.add_argument("--seed", type=int, default=0, help="seeds the split, the weights and the shuffling")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where logs and checkpoints go")
+    parser.add_argument("--store", action=argparse.BooleanOptionalAction, default=True,
+                        help="record runs in the run store and continue a model it knows")
+    parser.add_argument("--store-url", default=None,
+                        help="SQLAlchemy URL of the run store; default sqlite:///<runs-dir>/runs.db")
+    parser.add_argument("--experiment", default=None, help="the experiment's name in the store; default the dataset")
     parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=None,
                         help="draw tqdm progress bars (default: when stderr is a terminal)")
     parser.add_argument("--lr-find", action="store_true",
@@ -196,6 +219,7 @@ def run(options: argparse.Namespace) -> RunResult:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     parts = build_parts(loaders.features, options.hidden_size, 10, options.lr, options.dropout)
+    tracker, store = _open_store(options)
     identity = gethash(parts[0])  # the classifier's id: same hyper-parameters, same folder
     experiment = options.runs_dir / options.dataset / identity
     version = next_version(experiment)
@@ -216,6 +240,7 @@ def run(options: argparse.Namespace) -> RunResult:
             TensorBoardLogger(save_dir=options.runs_dir / options.dataset, name=identity, version=version),
             CSVLogger(save_dir=options.runs_dir / options.dataset, name=identity, version=version),
             ProgressBar(refresh_rate=1 if options.progress_bar else 0),
+            *([] if tracker is None else [tracker]),
         ],
         strategy=options.strategy,
         precision=options.precision,
@@ -226,16 +251,42 @@ def run(options: argparse.Namespace) -> RunResult:
     )
     compilation.compiler.dependency_overrides[compilation.device] = lambda: str(trainer.strategy.root_device)
     compilation.compiler.dependency_overrides[compilation.compile_enabled] = lambda: bool(options.compile)
-    classifier: Classifier = compilation.compiler.compile(*parts)
+    compilation.compiler.dependency_overrides[compilation.store] = lambda: store
+    try:
+        classifier: Classifier = compilation.compiler.compile(*parts)
+    finally:
+        if store is not None:
+            store.close()
+    start = int(classifier.epoch)
+    # max_epochs is the total the model reaches (the aggregate's epoch is the truth): this run trains --epochs more
+    trainer.max_epochs = start + options.epochs
+    if start:
+        weights = classifier.restored_from or "a new initialization: no checkpoint found"
+        print(f"continuing model {classifier.id} from epoch {start} (weights of {weights}): "
+              f"training epochs {start} to {start + options.epochs - 1}")
+    elif tracker is not None:
+        print(f"new model {classifier.id}: training epochs 0 to {options.epochs - 1}")
 
     trainer.fit(classifier, [("train", loaders.train), ("validation", loaders.validation)])
-    epochs = trainer.current_epoch
+    epochs = int(classifier.epoch) - start
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
     if best is not None:
         state = load_file(best, map_location=trainer.strategy.root_device)
         load_aggregate_state(classifier, state["aggregate"], str(best))
     test = trainer.test(classifier, loaders.test)
-    return RunResult(test=test, log_dir=log_dir, best_checkpoint=best, epochs=epochs)
+    return RunResult(test=test, log_dir=log_dir, best_checkpoint=best, epochs=epochs, start_epoch=start,
+                     restored_from=classifier.restored_from, run_id=None if tracker is None else tracker.run_id)
+
+
+def _open_store(options: argparse.Namespace) -> tuple[RunTracker | None, Tracker | None]:
+    """The store's writer (a callback) and reader (for the compilation pipeline), or ``(None, None)``."""
+    if not options.store:
+        return None, None
+    from torchsystem_trainer.tracking import RunTracker, Tracker, default_url
+
+    url = options.store_url or default_url(options.runs_dir)
+    tracker = RunTracker(url, experiment=options.experiment or options.dataset)  # creates the store when new
+    return tracker, Tracker(url)
 
 
 def find_lr(options: argparse.Namespace) -> LRSearch:
@@ -300,7 +351,11 @@ def main(argv: Sequence[str] | None = None) -> RunResult | LRSearch:
     result = run(options)
     source = f"best checkpoint {result.best_checkpoint.name}" if result.best_checkpoint else "last weights"
     print(f"test ({source}): " + format_results(result.test))
-    print(f"test accuracy: {result.test['accuracy']:.2%} after {result.epochs} epoch(s) on {options.dataset}")
+    print(f"test accuracy: {result.test['accuracy']:.2%} after {result.epochs} epoch(s) on {options.dataset}"
+          + (f" (model at epoch {result.start_epoch + result.epochs})" if result.start_epoch else ""))
+    if result.run_id is not None:
+        url = options.store_url or f"sqlite:///{(options.runs_dir / 'runs.db').as_posix()}"
+        print(f"run {result.run_id[:8]} recorded; see it with: python -m torchsystem_trainer.tracking --url {url} runs")
     print(f"logs and checkpoints: {result.log_dir}")
     print(f"open TensorBoard with: tensorboard --logdir {options.runs_dir / options.dataset}")
     return result

@@ -77,8 +77,9 @@ def test_digits_cli_reaches_95_percent_and_writes_logs_and_checkpoints(tmp_path:
 
 
 def test_second_run_gets_the_next_version_and_draws_progress_bars(tmp_path: Path, capsys) -> None:
-    first = main(["--runs-dir", str(tmp_path), "--epochs", "1", "--progress-bar"])
-    second = main(["--runs-dir", str(tmp_path), "--epochs", "2", "--batch-size", "64", "--progress-bar"])
+    # without the run store, each run is a new model of the same identity (tests/tracking covers continuing one)
+    first = main(["--runs-dir", str(tmp_path), "--epochs", "1", "--progress-bar", "--no-store"])
+    second = main(["--runs-dir", str(tmp_path), "--epochs", "2", "--batch-size", "64", "--progress-bar", "--no-store"])
 
     assert first.log_dir.name == "version_0" and second.log_dir.name == "version_1"
     assert first.log_dir.parent == second.log_dir.parent  # same network hyper-parameters, same identity

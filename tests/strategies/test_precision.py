@@ -94,15 +94,18 @@ class Overflowing(Plain):
 
 def test_16_mixed_unscales_before_clipping_skips_non_finite_steps_and_their_scheduler_step():
     aggregate = Overflowing()
-    weights, norms = [], []
+    weights, norms, stepped = [], [], []
+
+    def norm(module):
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()])).item()
 
     class Watch(Callback):
-        def on_gradients_computed(self, event):
-            grads = [p.grad for p in event.aggregate.nn.parameters()]
-            norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        def on_gradients_computed(self, event):  # unscaled, not yet clipped (Lightning's on_before_optimizer_step)
+            norms.append(norm(event.aggregate.nn))
 
-        def on_batch_trained(self, event):
+        def on_batch_trained(self, event):  # the gradients the step used
             weights.append(event.aggregate.nn.weight.detach().clone())
+            stepped.append(norm(event.aggregate.nn))
 
     strategy = SingleDeviceStrategy("cpu", "16-mixed")
     Trainer(callbacks=[Watch()], strategy=strategy, gradient_clip_val=0.5, enable_progress_bar=False).fit(
@@ -112,7 +115,8 @@ def test_16_mixed_unscales_before_clipping_skips_non_finite_steps_and_their_sche
     assert not torch.equal(weights[2], weights[1])
     assert strategy.precision.scaler.get_scale() == 65536.0 / 2  # lowered once, for the skipped step
     finite = [n for n in norms if math.isfinite(n)]
-    assert len(finite) == 3 and all(n <= 0.5 + 1e-4 for n in finite)  # clipped after unscaling
+    assert len(finite) == 3 and all(n < 100 for n in finite) and max(finite) > 0.5  # unscaled, unclipped
+    assert all(n <= 0.5 + 1e-4 for i, n in enumerate(stepped) if i != 1)  # clipped after unscaling
     assert aggregate.scheduler.last_epoch == 3  # 4 batches, 1 skipped
     assert aggregate.optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
 
@@ -127,3 +131,30 @@ def test_64_true_casts_floating_inputs_only():
 
     Trainer(strategy=SingleDeviceStrategy("cpu", "64-true"), enable_progress_bar=False).fit(Mixed(), make_data()[:1])
     assert seen == [(torch.float64, torch.int64)]
+
+
+class TwoOptimizers(Plain):
+    """One backward, two optimizers stepping after it (each owning part of the network)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.optim.SGD([self.nn.weight], lr=0.1)
+        self.second = torch.optim.SGD([self.nn.bias], lr=0.1)
+        del self.optimizer
+
+    def fit(self, inputs, targets):
+        self.first.zero_grad()
+        self.second.zero_grad()
+        outputs = self(inputs)
+        loss = self.loss(outputs, targets)
+        self.backward(loss)
+        self.first.step()
+        self.second.step()
+        return outputs, loss
+
+
+def test_16_mixed_steps_several_optimizers_after_one_backward():
+    aggregate = TwoOptimizers()
+    weight, bias = aggregate.nn.weight.detach().clone(), aggregate.nn.bias.detach().clone()
+    Trainer(strategy=SingleDeviceStrategy("cpu", "16-mixed"), enable_progress_bar=False).fit(aggregate, make_data())
+    assert not torch.equal(aggregate.nn.weight, weight) and not torch.equal(aggregate.nn.bias, bias)

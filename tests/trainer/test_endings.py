@@ -6,7 +6,7 @@ import torch
 from tests.conftest import Classifier, Recorder
 from torchsystem_trainer import Trainer
 from torchsystem_trainer.callbacks import Callback
-from torchsystem_trainer.trainer import trainer as trainer_module
+from torchsystem_trainer.trainer import fit_loop
 
 
 def tail(recorder, n):
@@ -40,7 +40,7 @@ def test_max_steps_at_the_end_of_an_epoch_still_validates(classifier, data):
 
 def test_max_time_is_checked_after_every_batch(classifier, data, monkeypatch):
     clock = iter(range(100))
-    monkeypatch.setattr(trainer_module.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(fit_loop.time, "monotonic", lambda: float(next(clock)))  # where the epoch loop reads it
     recorder = Recorder()
     trainer = Trainer(callbacks=[recorder], max_time=2.5, enable_progress_bar=False)
     trainer.fit(classifier, data)  # deadline = 0 + 2.5; batches read the clock at 1, 2, 3

@@ -46,7 +46,7 @@ def test_a_refused_loader_fails_the_fit_before_any_event_and_the_strategy_is_tor
     processed = ["process:train"] if refused == "train" else ["process:train", "process:validation"]
     assert log == [*processed, "teardown"]
     assert recorder.events == []  # no FitStarted, ExceptionRaised nor FitEnded for a fit that never started
-    assert trainer._loaders == {}  # no loader kept alive by the trainer
+    assert trainer.loop.loaders == {}  # no loader kept alive by the trainer
 
 
 def test_the_trainer_fits_after_a_refused_loader(classifier, data):

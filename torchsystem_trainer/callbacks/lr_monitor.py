@@ -1,7 +1,7 @@
 """``LearningRateMonitor``: record every optimizer's learning rates (and momentum), as Lightning's callback does.
 
 The optimizers are those the aggregate holds as attributes
-(:func:`~torchsystem_trainer.strategies.binding.find_optimizers`). Keys follow Lightning's
+(:func:`~torchsystem_trainer.strategies.optimizer_step.find_optimizers`). Keys follow Lightning's
 ``LearningRateMonitor``:
 
 - ``"lr-<OptimizerClass>"``; the second optimizer of the same class is ``"lr-<OptimizerClass>-1"``, the third
@@ -37,7 +37,7 @@ from typing_extensions import override
 
 from torchsystem_trainer.callbacks.callback import Callback
 from torchsystem_trainer.callbacks.logger import Logger
-from torchsystem_trainer.strategies.binding import find_optimizers
+from torchsystem_trainer.strategies.optimizer_step import find_optimizers
 
 if TYPE_CHECKING:
     from collections.abc import Callable

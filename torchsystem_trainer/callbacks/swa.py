@@ -18,7 +18,7 @@ from typing_extensions import override
 from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_of
 from torchsystem_trainer.callbacks.callback import Callback
 from torchsystem_trainer.events import EpochStarted, FitEnded, FitStarted, Trained
-from torchsystem_trainer.strategies.binding import find_optimizers, find_schedulers
+from torchsystem_trainer.strategies.optimizer_step import find_optimizers, find_schedulers
 
 __all__ = ["StochasticWeightAveraging"]
 

@@ -1,6 +1,7 @@
 """Checkpoints: atomic files of plain data holding the whole training state, and exact resumption from them."""
 
 from torchsystem_trainer.checkpoint.aggregate import (
+    aggregate_epoch,
     aggregate_state,
     check_aggregate_state,
     check_plain,
@@ -40,6 +41,7 @@ __all__ = [
     "StopSignals",
     "TrainPosition",
     "UnknownModelError",
+    "aggregate_epoch",
     "aggregate_state",
     "callback_keys",
     "check_aggregate_state",

@@ -25,6 +25,7 @@ from torchsystem_trainer.checkpoint.io import CheckpointError
 from torchsystem_trainer.registry import UnregisteredError, getarguments, gethash, getname
 
 __all__ = [
+    "aggregate_epoch",
     "aggregate_state",
     "check_aggregate_state",
     "check_plain",
@@ -51,6 +52,28 @@ def _named(owner: Module, kinds: tuple[type, ...]) -> Iterator[tuple[str, Any]]:
             for key, item in value.items():
                 if isinstance(item, kinds):
                     yield f"{name}.{key}", item
+
+
+def aggregate_epoch(aggregate: Module) -> int | None:
+    """The aggregate's ``epoch`` (epochs completed) as an ``int``: a plain attribute, a class attribute or a
+    registered buffer (a one-element tensor); ``None`` when it has none.
+
+    Raises:
+        TypeError: when ``epoch`` is neither an integer nor a one-element tensor holding one.
+    """
+    epoch = getattr(aggregate, "epoch", None)
+    if epoch is None:
+        return None
+    if isinstance(epoch, torch.Tensor):
+        if epoch.numel() != 1:
+            raise TypeError(
+                f"{type(aggregate).__name__}.epoch is a tensor of shape {list(epoch.shape)}; it counts epochs"
+            )
+        epoch = epoch.item()
+    whole = isinstance(epoch, int) or (isinstance(epoch, float) and epoch.is_integer())
+    if isinstance(epoch, bool) or not whole:
+        raise TypeError(f"{type(aggregate).__name__}.epoch is {epoch!r}; it counts the epochs completed (an int >= 0)")
+    return int(epoch)
 
 
 def _identity(aggregate: Module) -> str | None:
@@ -167,7 +190,7 @@ def aggregate_state(aggregate: Module) -> dict[str, Any]:
         "modules": aggregate.state_dict(),
         "optimizers": {name: o.state_dict() for name, o in _named(aggregate, (Optimizer,))},
         "schedulers": {name: s.state_dict() for name, s in _named(aggregate, (LRScheduler, ReduceLROnPlateau))},
-        "epoch": aggregate.__dict__.get("epoch"),
+        "epoch": aggregate_epoch(aggregate),
         "id": _identity(aggregate),
         "networks": network_identities(aggregate),
     }
@@ -218,7 +241,8 @@ def check_aggregate_state(aggregate: Module, state: dict[str, Any], source: str 
 def load_aggregate_state(aggregate: Module, state: dict[str, Any], source: str = "checkpoint") -> None:
     """Put :func:`aggregate_state`'s output back, checking everything before changing anything.
 
-    The ``epoch`` is set without firing ``onepoch`` (it is restored, not advanced).
+    The ``epoch`` is set without firing ``onepoch`` (it is restored, not advanced); an ``epoch`` buffer is restored
+    with the modules' state.
 
     Args:
         aggregate: the aggregate to restore into.
@@ -247,5 +271,8 @@ def load_aggregate_state(aggregate: Module, state: dict[str, Any], source: str =
     for name, scheduler in _named(aggregate, (LRScheduler, ReduceLROnPlateau)):
         if name in schedulers:
             scheduler.load_state_dict(schedulers[name])
-    if state.get("epoch") is not None:
-        aggregate.__dict__["epoch"] = state["epoch"]  # restored, not advanced: no onepoch
+    epoch = state.get("epoch")
+    if epoch is not None and not isinstance(getattr(aggregate, "epoch", None), torch.Tensor):  # a buffer: in modules
+        # Restored, not advanced: written past the Aggregate's __setattr__, so its onepoch hook (the seed's "an epoch
+        # ended") does not fire for a value that was already reached in the run that saved it.
+        vars(aggregate)["epoch"] = int(epoch)

@@ -118,6 +118,28 @@ def is_persistent(loader: Any) -> bool:
     return isinstance(loader, DataLoader) and bool(loader.persistent_workers) and loader.num_workers > 0
 
 
+# Private DataLoader attributes, used because torch offers no public way to do the same (checked on torch 2.2 to
+# 2.13): a persistent-workers DataLoader keeps its iterator in ``_iterator`` and reuses it (and the index sampler
+# that iterator holds, ``_index_sampler``) for every later ``iter()``. To resume mid-epoch without loading the
+# skipped samples, the first iterator of a resumed fit must be a new one over a wrapped sampler, and later epochs
+# must use the loader's own sampler again. Each access is checked, so a torch that renames them fails loudly here
+# instead of resuming inexactly.
+
+
+def _require(obj: Any, name: str, what: str) -> None:
+    if not hasattr(obj, name):
+        raise RuntimeError(
+            f"torch {torch.__version__}: {what} has no attribute {name!r}, which exact mid-epoch resumption of a "
+            f"persistent-workers DataLoader relies on (torchsystem_trainer.checkpoint.resume); please report it"
+        )
+
+
+def _persistent_iterator(loader: DataLoader[Any]) -> Any:
+    """The iterator a persistent-workers ``DataLoader`` keeps between epochs (``None`` before the first)."""
+    _require(loader, "_iterator", "DataLoader")
+    return loader._iterator
+
+
 def _map_style(loader: Any) -> bool:
     return isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
 
@@ -148,15 +170,17 @@ def open_skipping(
         attribute = "batch_sampler" if loader.batch_sampler is not None else "sampler"
         original = getattr(loader, attribute)
         wrapper = SkipFirst(original, skip, on_skipped)
-        if getattr(loader, "_iterator", None) is not None:
+        if is_persistent(loader) and _persistent_iterator(loader) is not None:
             loader._iterator = None  # a persistent iterator left by an earlier fit: let it shut down its workers
         object.__setattr__(loader, attribute, wrapper)  # DataLoader guards these after __init__; put back below
         try:
             iterator = create(loader)
         finally:
             object.__setattr__(loader, attribute, original)
-        if getattr(iterator, "_index_sampler", None) is wrapper:
-            iterator._index_sampler = original  # type: ignore[attr-defined]  # later epochs of a persistent iterator
+        if is_persistent(loader):
+            # Later epochs of a persistent iterator draw from the index sampler it was created with.
+            _require(iterator, "_index_sampler", "a DataLoader iterator")
+            iterator._index_sampler = original  # type: ignore[attr-defined]
         return iterator
     if not isinstance(loader, (list, tuple)):
         kind = "a DataLoader over an IterableDataset" if isinstance(loader, DataLoader) else type(loader).__name__
@@ -178,7 +202,7 @@ def open_skipping(
 class _Pending:
     consumed: int
     epoch_start: EpochStart | None
-    rng: RNGState
+    rng: RNGState | None  # the global generators at the checkpoint's moment (None: a file without them)
     generators: list[torch.Tensor]
 
 
@@ -216,15 +240,15 @@ class TrainPosition:
             self.epoch_start = EpochStart(rng_state(), generator_states(loader))
             return self._create(loader)
         self.epoch_start = pending.epoch_start
+        moment = pending.rng if pending.rng is not None else rng_state()
         load_rng_state(pending.epoch_start.rng)
-        moment = pending.rng
         return open_skipping(loader, consumed, lambda: load_rng_state(moment), self._create)
 
     def _create(self, loader: Any) -> Iterator[Any]:
         """``iter(loader)``; a persistent iterator that the uninterrupted run would still have gets a throw-away
         generator for its base seed, so that creating it again draws nothing from the global generators."""
         persistent = is_persistent(loader)
-        protect = persistent and self.persistent and loader._iterator is None
+        protect = persistent and self.persistent and _persistent_iterator(loader) is None
         self.persistent = self.persistent or persistent
         if not protect:
             return iter(loader)
@@ -244,21 +268,26 @@ class TrainPosition:
 
         Returns:
             ``{"epoch_start": EpochStart.state_dict() or None (when consumed == 0), "generators": [states now],
-            "persistent": bool}``.
+            "rng": the global generators now (when consumed > 0) or None, "persistent": bool}``: the skipped
+            batches are drawn from the epoch start's generators, then the generators are put back to this moment.
         """
+        mid_epoch = consumed > 0 and self.epoch_start is not None
         return {
-            "epoch_start": self.epoch_start.state_dict() if consumed > 0 and self.epoch_start is not None else None,
+            "epoch_start": self.epoch_start.state_dict() if mid_epoch else None,  # type: ignore[union-attr]
             "generators": generator_states(loader),
+            "rng": rng_state() if mid_epoch else None,
             "persistent": self.persistent,
         }
 
-    def load_state_dict(self, state: dict[str, Any], rng: RNGState, consumed: int) -> None:
+    def load_state_dict(self, state: dict[str, Any], rng: RNGState | None, consumed: int) -> None:
         """Arrange for the next :meth:`open` to continue where ``state`` was saved.
 
         Args:
             state: what :meth:`state_dict` returned.
-            rng: the global generators' states at the checkpoint's moment.
-            consumed: batches of the epoch already trained.
+            rng: the global generators' states at the checkpoint's moment (``state["rng"]``); ``None``: take them
+                when :meth:`open` is called.
+            consumed: batches of the epoch already trained (by this process: fewer or more than saved when the
+                number of processes changed).
 
         Raises:
             KeyError: when a field is missing.

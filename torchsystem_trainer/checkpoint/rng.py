@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["RNGState", "generators_of", "generator_states", "load_generator_states", "load_rng_state", "rng_state"]
+__all__ = ["RNGState", "generator_states", "generators_of", "load_generator_states", "load_rng_state", "rng_state"]
 
 RNGState = dict[str, Any]
 """``{"python": [version, int64 tensor [625], gauss], "torch": uint8 tensor, "cuda": [uint8 tensor per device], "mps":
@@ -141,5 +141,5 @@ def load_generator_states(loader: Any, states: list[torch.Tensor], name: str) ->
             stacklevel=3,
         )
         return
-    for generator, state in zip(generators, states):
+    for generator, state in zip(generators, states, strict=True):
         generator.set_state(state)

@@ -1,20 +1,23 @@
 """What a checkpoint holds, and how it is put back: everything needed to continue a fit as if nothing happened.
 
 A checkpoint is a dict of plain data (it loads with ``weights_only=True``; :func:`checkpoint_state` checks that
-before anything is written)::
+before anything is written), one section per owner of state, each asked through its public interface::
 
     {"format": "torchsystem-trainer", "version": 1, "library_version": "0.1.0",
-     "aggregate": {"modules": state_dict, "optimizers": {attribute: state}, "schedulers": {attribute: state},
-                   "epoch": int | None, "id": str | None},
-     "loop": {"progress": {"epoch", "batch", "step", "global_step"},   # batch: consumed in the current epoch
-              "world_size": int,                                      # processes of the run that wrote it
-              "should_stop": bool,                                    # the fit had decided to stop
-              "train": {"epoch_start": {"rng", "generators"} | None,  # see checkpoint.resume
-                        "generators": [uint8 tensor], "persistent": bool},
-              "train_results": PhaseResults.state_dict() | None,      # the current epoch's, when batch > 0
-              "generators": {phase: [uint8 tensor]},                  # other loaders' torch.Generator states
-              "sampler_seeds": {phase: int}},                         # DistributedSampler seeds
-     "callbacks": {key: state}, "strategy": {"scaler": ...}, "rng": RNGState}
+     "aggregate": aggregate_state(aggregate),   # {"modules", "optimizers", "schedulers", "epoch", "id"}
+     "loop": trainer.loop.state_dict(),         # the Trainer's LoopState, see below
+     "callbacks": {key: callback.state_dict()}, # every callback with state_dict/load_state_dict, by callback_keys
+     "strategy": trainer.strategy.state_dict(), # the precision scaler's
+     "rng": rng_state()}                        # the global generators (Python, NumPy, torch, CUDA)
+
+    loop = {"progress": {"epoch", "batch", "step", "global_step"},   # batch: consumed in the current epoch
+            "world_size": int,                                      # processes of the run that wrote it
+            "should_stop": bool,                                    # the fit had decided to stop
+            "train": {"epoch_start": {"rng", "generators"} | None,  # see checkpoint.resume
+                      "generators": [uint8 tensor], "rng": RNGState | None, "persistent": bool},
+            "train_results": PhaseResults.state_dict() | None,      # the current epoch's, when batch > 0
+            "generators": {phase: [uint8 tensor]},                  # other loaders' torch.Generator states
+            "sampler_seeds": {phase: int}}                          # DistributedSampler seeds
 
 A weights-only checkpoint (``ModelCheckpoint(save_weights_only=True)``, ``trainer.save_checkpoint(path,
 weights_only=True)``, :func:`~torchsystem_trainer.checkpoint.weights_state`) has ``"weights_only": True``, the
@@ -22,8 +25,10 @@ weights_only=True)``, :func:`~torchsystem_trainer.checkpoint.weights_state`) has
 ``EMA``/``StochasticWeightAveraging``; it loads into a model (``load_weights``, ``load_model``, ``validate``/``test``
 with ``ckpt_path``) but cannot resume a fit.
 
-The format does not depend on the number of processes: a checkpoint of a data-parallel run resumes on one process
-and the other way round (with a warning, as the data order then changes).
+The sections are separable: each is one object's ``state_dict()`` (the ``Stateful`` protocol of
+``torch.distributed.checkpoint``), so a sharded format can save them as such. The format does not depend on the
+number of processes: a checkpoint of a data-parallel run resumes on one process and the other way round (with a
+warning, as the data order then changes).
 
 Sources of the failures this addresses: Lightning saves no random state and restarts mid-epoch checkpoints from
 the epoch's start unless the loader is stateful (its issues #19764, #19815, #18780); Keras' ``BackupAndRestore``
@@ -34,9 +39,10 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch.nn import Module
 
@@ -47,11 +53,13 @@ from torchsystem_trainer.checkpoint.aggregate import (
     load_aggregate_state,
 )
 from torchsystem_trainer.checkpoint.io import CheckpointError, load_file
-from torchsystem_trainer.checkpoint.rng import generator_states, load_generator_states, load_rng_state, rng_state
+from torchsystem_trainer.checkpoint.rng import load_rng_state, rng_state
 
 __all__ = [
     "FORMAT",
     "VERSION",
+    "Stateful",
+    "TrainerState",
     "callback_keys",
     "checkpoint_state",
     "library_version",
@@ -63,6 +71,27 @@ __all__ = [
 FORMAT = "torchsystem-trainer"
 VERSION = 1
 _SECTIONS = ("aggregate", "loop", "callbacks", "strategy", "rng")
+
+
+class Stateful(Protocol):
+    """An owner of state a checkpoint holds (``torch.distributed.checkpoint.stateful.Stateful``'s protocol)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
+
+class TrainerState(Protocol):
+    """What a checkpoint reads of a Trainer: its public parts (the Trainer is in a layer above this one)."""
+
+    @property
+    def loop(self) -> Stateful: ...
+
+    @property
+    def strategy(self) -> Stateful: ...
+
+    @property
+    def callbacks(self) -> Sequence[Any]: ...
 
 
 @functools.cache  # read once per process, not at every save (it scans the installed distributions)
@@ -92,34 +121,7 @@ def callback_keys(callbacks: list[Any]) -> list[str]:
     return keys
 
 
-def _loop_state(trainer: Any) -> dict[str, Any]:
-    """The loop's part of a checkpoint (see the module docstring)."""
-    progress = trainer.progress
-    loaders: dict[str, Any] = getattr(trainer, "_loaders", {})
-    position = getattr(trainer, "_position", None)
-    consumed = progress.batch
-    train = loaders.get("train")
-    results = getattr(trainer, "_phase_results", {}).get("train") if consumed > 0 else None
-    return {
-        "progress": progress.state_dict(),
-        "world_size": int(trainer.strategy.world_size),
-        "should_stop": bool(trainer.should_stop and not getattr(trainer, "_signal_set_stop", False)),
-        "train": None if position is None or train is None else position.state_dict(train, consumed),
-        "train_results": None if results is None else results.state_dict(),
-        "generators": {phase: generator_states(loader) for phase, loader in loaders.items() if phase != "train"},
-        "sampler_seeds": {
-            phase: seed for phase, loader in loaders.items() if (seed := _sampler_seed(loader)) is not None
-        },
-    }
-
-
-def _sampler_seed(loader: Any) -> int | None:
-    """The ``seed`` of a loader's sampler that shuffles by seed and epoch (``DistributedSampler``), else ``None``."""
-    seed = getattr(getattr(loader, "sampler", None), "seed", None)
-    return seed if type(seed) is int else None
-
-
-def checkpoint_state(trainer: Any, aggregate: Module) -> dict[str, Any]:
+def checkpoint_state(trainer: TrainerState, aggregate: Module) -> dict[str, Any]:
     """Everything needed to continue a fit as if nothing happened (see the module docstring).
 
     Call it from an event handler of a running fit (``BatchTrained``, ``Iterated``, ``FitEnded``...): the loop's
@@ -127,7 +129,7 @@ def checkpoint_state(trainer: Any, aggregate: Module) -> dict[str, Any]:
     saved.
 
     Args:
-        trainer: the ``Trainer``.
+        trainer: the ``Trainer`` (its ``loop``, ``strategy`` and ``callbacks``).
         aggregate: the aggregate being trained.
 
     Returns:
@@ -137,23 +139,26 @@ def checkpoint_state(trainer: Any, aggregate: Module) -> dict[str, Any]:
         TypeError: when some state (a callback's, a scheduler's) holds a value ``weights_only`` loading would
             refuse, naming where it is (see :func:`check_plain`).
     """
-    stateful = [
-        (key, callback)
-        for key, callback in zip(callback_keys(trainer.callbacks), trainer.callbacks)
-        if callable(getattr(callback, "state_dict", None))
-    ]
     state = {
         "format": FORMAT,
         "version": VERSION,
         "library_version": library_version(),
         "aggregate": aggregate_state(aggregate),
-        "loop": _loop_state(trainer),
-        "callbacks": {key: callback.state_dict() for key, callback in stateful},
+        "loop": trainer.loop.state_dict(),
+        "callbacks": {key: callback.state_dict() for key, callback in _stateful_callbacks(trainer.callbacks)},
         "strategy": trainer.strategy.state_dict(),
         "rng": rng_state(),
     }
     check_plain(state)
     return state
+
+
+def _stateful_callbacks(callbacks: Sequence[Any]) -> list[tuple[str, Any]]:
+    return [
+        (key, callback)
+        for key, callback in zip(callback_keys(list(callbacks)), callbacks, strict=True)
+        if callable(getattr(callback, "state_dict", None))
+    ]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -192,17 +197,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def restore(trainer: Any, aggregate: Module, path: str | Path) -> None:
-    """Load the checkpoint at ``path`` into ``trainer`` and ``aggregate``: all of it, or nothing.
+def restore(trainer: TrainerState, aggregate: Module, path: str | Path) -> None:
+    """Load the checkpoint at ``path`` into ``trainer`` and ``aggregate``.
 
-    Everything is checked before anything changes: the file (:func:`read_checkpoint`), the aggregate
-    (:func:`check_aggregate_state`) and the current epoch's training results against the configured metrics.
-    Then callbacks (a callback whose ``load_state_dict`` raises gets the earlier ones put back), the strategy, the
-    aggregate, the loop and the random generators are restored. The training loop then continues at the
-    checkpoint's epoch and batch (see :mod:`~torchsystem_trainer.checkpoint.resume`). Nothing on disk changes.
+    Everything that can be checked is checked before anything changes: the file (:func:`read_checkpoint`), the
+    aggregate (:func:`check_aggregate_state`), and the loop state (its ``load_state_dict`` checks before it
+    changes). Then the loop, the callbacks (a callback whose ``load_state_dict`` raises gets the earlier ones put
+    back), the strategy, the aggregate and the random generators are restored. The training loop then continues at
+    the checkpoint's epoch and batch (see :mod:`~torchsystem_trainer.checkpoint.resume`). Nothing on disk changes.
 
     Args:
-        trainer: the ``Trainer``, inside ``fit`` (its loaders known, its strategy set up).
+        trainer: the ``Trainer``, inside ``fit`` (its loop begun with the run's loaders, its strategy set up).
         aggregate: the aggregate.
         path: the checkpoint file.
 
@@ -213,7 +218,7 @@ def restore(trainer: Any, aggregate: Module, path: str | Path) -> None:
 
     Warns:
         UserWarning: for another aggregate identity, another number of processes (the data order changes), or a
-            loader whose generators differ from the checkpoint's.
+            loader whose generators differ from the checkpoint's; naming the file.
     """
     source = repr(str(path))
     state = read_checkpoint(path)
@@ -223,88 +228,24 @@ def restore(trainer: Any, aggregate: Module, path: str | Path) -> None:
             f"or random state, so it cannot resume a fit; load its weights with load_weights(aggregate, path)"
         )
     check_aggregate_state(aggregate, state["aggregate"], source)
-    loop, progress = state["loop"], trainer.progress
-    try:
-        saved_progress = {key: int(loop["progress"][key]) for key in ("epoch", "batch", "step", "global_step")}
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{source} has no valid loop progress ({error!r})") from error
-    consumed = _consumed(saved_progress["batch"], int(loop.get("world_size", 1)), trainer, source)
-    _check_train_results(trainer, loop, consumed, source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trainer.loop.load_state_dict(state["loop"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(f"{source}: its loop state cannot be restored ({error!r})") from error
+    for warning in caught:  # the loop does not know the file: name it
+        warnings.warn(f"{source}: {warning.message}", warning.category, stacklevel=3)
     _load_callbacks(trainer, state["callbacks"], source)
     trainer.strategy.load_state_dict(state["strategy"])
     load_aggregate_state(aggregate, state["aggregate"], source)
-    progress.load_state_dict({**saved_progress, "batch": consumed})
-    trainer.should_stop = bool(loop.get("should_stop", False))
-    loaders: dict[str, Any] = getattr(trainer, "_loaders", {})
-    position = getattr(trainer, "_position", None)
-    if position is not None and loop.get("train") is not None and "train" in loaders:
-        position.load_state_dict(loop["train"], state["rng"], consumed)
-    for phase, states in loop.get("generators", {}).items():
-        if phase in loaders:
-            load_generator_states(loaders[phase], states, f"the {phase!r} loader")
-    for phase, seed in loop.get("sampler_seeds", {}).items():
-        if phase in loaders and _sampler_seed(loaders[phase]) is not None:
-            loaders[phase].sampler.seed = int(seed)  # a DistributedSampler seeded from the original run's seed
     load_rng_state(state["rng"])
 
 
-def _consumed(batch: int, saved_world_size: int, trainer: Any, source: str) -> int:
-    """The batches of the current epoch this process has consumed, after a change in the number of processes
-    (a ``DistributedSampler`` gives each process every ``world_size``-th sample of one permutation, so the
-    batches consumed by all processes together are a prefix of it, whatever their number)."""
-    world_size = int(trainer.strategy.world_size)
-    if saved_world_size == world_size:
-        return batch
-    converted = batch * saved_world_size // world_size
-    warnings.warn(
-        f"{source} was written by a run of {saved_world_size} process(es) and this one has {world_size}: each "
-        f"process now sees other samples, so the data order (and the result) differs from the uninterrupted run"
-        + (
-            f"; the current epoch continues after {converted} batches per process (it had consumed {batch} per "
-            f"process{'' if batch * saved_world_size % world_size == 0 else ', so a few samples are seen twice'}) "
-            f"and its training results cover only the batches after the resume"
-            if batch
-            else ""
-        ),
-        stacklevel=4,
-    )
-    return converted
-
-
-def _check_train_results(trainer: Any, loop: dict[str, Any], consumed: int, source: str) -> None:
-    """Load the current epoch's training results into the trainer's (fresh) results of the training phase, or
-    raise before anything else is restored. Under several processes only global rank 0 takes them (the file holds
-    rank 0's); the others start the epoch's results afresh."""
-    saved = loop.get("train_results")
-    if consumed == 0 or not hasattr(trainer, "_results_of"):
-        return
-    results = trainer._results_of("train")
-    if saved is None or int(loop.get("world_size", 1)) != trainer.strategy.world_size or trainer.strategy.global_rank:
-        if saved is None:
-            warnings.warn(
-                f"{source} holds no training results for its unfinished epoch; that epoch's train results will "
-                f"cover only the batches after the resume",
-                stacklevel=4,
-            )
-        return
-    try:
-        results.load_state_dict(saved)
-    except ValueError as error:  # the metrics changed: keep the loss, start the metrics at the resume point
-        warnings.warn(
-            f"{source}: {error}; the metrics of its unfinished epoch cover only the batches after the resume",
-            stacklevel=4,
-        )
-        results.load_state_dict(saved, strict=False)
-    except (KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(
-            f"{source}: the training results of its unfinished epoch cannot be restored ({error!r})"
-        ) from error
-
-
-def _load_callbacks(trainer: Any, saved: dict[str, Any], source: str) -> None:
+def _load_callbacks(trainer: TrainerState, saved: dict[str, Any], source: str) -> None:
     """Restore every stateful callback; if one raises, put back the ones already restored and raise."""
     done: list[tuple[Any, Any]] = []
-    for key, callback in zip(callback_keys(trainer.callbacks), trainer.callbacks):
+    for key, callback in zip(callback_keys(list(trainer.callbacks)), trainer.callbacks, strict=True):
         load = getattr(callback, "load_state_dict", None)
         if key not in saved or not callable(load):
             continue
@@ -319,7 +260,7 @@ def _load_callbacks(trainer: Any, saved: dict[str, Any], source: str) -> None:
         done.append((callback, before))
 
 
-def resolve_checkpoint_path(trainer: Any, ckpt_path: Any) -> Path | None:
+def resolve_checkpoint_path(trainer: TrainerState, ckpt_path: Any) -> Path | None:
     """Turn ``fit``'s ``ckpt_path`` into a file: a path as it is, or ``"last"``/``"best"`` asked of the
     trainer's checkpoint callback (its ``checkpoint_path(which, trainer)``).
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch.nn import Module
 
-from torchsystem_trainer.checkpoint.aggregate import check_plain, describe_mismatch, network_identities
+from torchsystem_trainer.checkpoint.aggregate import aggregate_epoch, check_plain, describe_mismatch, network_identities
 from torchsystem_trainer.checkpoint.io import CheckpointError
 from torchsystem_trainer.checkpoint.state import FORMAT, VERSION, callback_keys, library_version, read_checkpoint
 from torchsystem_trainer.registry import Registry
@@ -78,7 +78,7 @@ def weights_state(aggregate: Module, callbacks: Sequence[Any] = ()) -> dict[str,
         "weights_only": True,
         "aggregate": {
             "modules": aggregate.state_dict(),
-            "epoch": aggregate.__dict__.get("epoch"),
+            "epoch": aggregate_epoch(aggregate),
             "id": None if identity is None else str(identity),
             "networks": network_identities(aggregate),
         },

@@ -3,6 +3,7 @@
 from torchsystem_trainer.strategies.ddp import DDPStrategy
 from torchsystem_trainer.strategies.environment import ProcessEnvironment
 from torchsystem_trainer.strategies.launchers import ProcessRaisedError
+from torchsystem_trainer.strategies.optimizer_step import OptimizerStep
 from torchsystem_trainer.strategies.precision import PRECISIONS, Precision, PrecisionType
 from torchsystem_trainer.strategies.resolve import STRATEGY_NAMES, resolve_strategy
 from torchsystem_trainer.strategies.samplers import DistributedEvalSampler
@@ -11,16 +12,17 @@ from torchsystem_trainer.strategies.strategy import CLIP_ALGORITHMS, ClipAlgorit
 
 __all__ = [
     "CLIP_ALGORITHMS",
+    "PRECISIONS",
+    "STRATEGY_NAMES",
     "ClipAlgorithm",
     "DDPStrategy",
     "DistributedEvalSampler",
-    "PRECISIONS",
+    "OptimizerStep",
     "Precision",
     "PrecisionType",
     "ProcessEnvironment",
     "ProcessRaisedError",
     "ReduceOp",
-    "STRATEGY_NAMES",
     "SingleDeviceStrategy",
     "Strategy",
     "resolve_device",

@@ -157,7 +157,7 @@ def average_gradients(parameters: list[torch.nn.Parameter], device: torch.device
     present = torch.tensor([p.grad is not None for p in parameters], dtype=torch.uint8, device=device)
     dist.all_reduce(present, dist.ReduceOp.MAX)
     grads: dict[torch.dtype, list[Tensor]] = {}
-    for parameter, flag in zip(parameters, present.tolist()):
+    for parameter, flag in zip(parameters, present.tolist(), strict=True):
         if not flag:
             continue
         if parameter.grad is None:

@@ -396,7 +396,7 @@ class DDPStrategy(Strategy):
         """The precision context, plus ``no_sync()`` of every wrapped module while :attr:`accumulating`: the
         gradient all-reduce then waits for the last batch of the accumulation window (whose backward
         all-reduces the summed gradients). The whole step (forward and backward) must run inside."""
-        if not self.accumulating or not self._routes:
+        if not self.steps.accumulating or not self._routes:
             self._grads_unsynced = False
             return self.forward_context()
         self._grads_unsynced = True
@@ -407,8 +407,13 @@ class DDPStrategy(Strategy):
         return stack
 
     @override
-    def optimizer_step(self, optimizer: Optimizer) -> Any:
-        """Make sure the gradients are averaged over the processes, then step as :class:`Strategy` does.
+    def gradient_reducer(self) -> Callable[[Optimizer], None] | None:
+        """:meth:`reduce_gradients` (step a of every optimizer step: see
+        :mod:`~torchsystem_trainer.strategies.optimizer_step`)."""
+        return self.reduce_gradients
+
+    def reduce_gradients(self, optimizer: Optimizer) -> None:
+        """Make sure ``optimizer``'s gradients are averaged over the processes before it steps.
 
         DDP averaged them during the backward pass, except for parameters outside every wrapped module and for
         a window that ended under ``no_sync`` (a loader that ended inside an accumulation window): those are
@@ -429,7 +434,6 @@ class DDPStrategy(Strategy):
             stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
             loose = [p for p in self._loose if id(p) in stepped]
             average_gradients(loose, self.root_device)
-        return super().optimizer_step(optimizer)
 
     def _check_routing(self) -> None:
         for route in self._routes:

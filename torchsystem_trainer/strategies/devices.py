@@ -13,7 +13,14 @@ from typing import Any, Literal, get_args
 import torch
 import torch.distributed as dist
 
-__all__ = ["ACCELERATORS", "Accelerator", "resolve_accelerator", "resolve_backend", "resolve_devices", "resolve_timeout"]
+__all__ = [
+    "ACCELERATORS",
+    "Accelerator",
+    "resolve_accelerator",
+    "resolve_backend",
+    "resolve_devices",
+    "resolve_timeout",
+]
 
 Accelerator = Literal["auto", "cpu", "cuda"]
 ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
@@ -62,7 +69,8 @@ def resolve_devices(devices: Any, accelerator: str) -> tuple[int, list[int]]:
                 f"DDPStrategy: devices={devices} GPUs asked for, this machine has {torch.cuda.device_count()}"
             )
         return devices, list(range(devices))
-    if isinstance(devices, Sequence) and devices and all(isinstance(d, int) and not isinstance(d, bool) for d in devices):
+    indices = isinstance(devices, Sequence) and all(isinstance(d, int) and not isinstance(d, bool) for d in devices)
+    if indices and devices:
         if accelerator == "cpu":
             raise ValueError(
                 f"DDPStrategy: devices={list(devices)} lists GPU indices, but the accelerator is the CPU; give the "

@@ -12,13 +12,11 @@ datasets and collate functions at module level) and the script needs an ``if __n
 forked from a parent that already used its thread pool) and cannot use CUDA if the parent initialised it.
 ``torchrun`` needs none of this: every process runs the script, and the strategy joins the group it describes.
 
-What the caller gets back, from rank 0 (Lightning's spawn launcher does the same): the function's return value;
-the whole state of every ``nn.Module`` argument (weights, optimizers, schedulers, ``epoch``:
-:func:`~torchsystem_trainer.checkpoint.aggregate_state`); and, when the function is a method, the loop state of
-its owner, the Trainer: ``progress``, ``callback_metrics``, ``should_stop``, ``interrupted``,
-``received_signal``, the strategy's state, and every callback's ``state_dict`` (so ``ModelCheckpoint``'s
-``best_model_path`` is known in the caller). Other objects of the children (a callback's plain attributes) are
-not copied back.
+What the caller gets back, from rank 0 (Lightning's spawn launcher does the same): the function's return value,
+and the whole state of every ``nn.Module`` argument (weights, optimizers, schedulers, ``epoch``:
+:func:`~torchsystem_trainer.checkpoint.aggregate_state`), loaded into the caller's objects. Nothing else of the
+children is copied back: a function whose owner has more to hand back returns it (the Trainer's run returns its
+loop's outcome, its strategy's and its callbacks' states, and applies them in the caller itself).
 
 Failure: the launcher watches every child. When one exits with an error, the others are stopped at once
 (``SIGTERM``, then ``SIGKILL`` after :data:`KILL_GRACE_S`), not left waiting in a collective, and the error of the
@@ -40,25 +38,42 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-if TYPE_CHECKING:
-    from torchsystem_trainer.strategies.ddp import DDPStrategy
+from torchsystem_trainer.checkpoint import aggregate_state, load_aggregate_state
 
-__all__ = ["KILL_GRACE_S", "ProcessRaisedError", "StartMethod", "check_main_guard", "launch_processes"]
+__all__ = [
+    "KILL_GRACE_S",
+    "GroupMember",
+    "ProcessRaisedError",
+    "StartMethod",
+    "check_main_guard",
+    "launch_processes",
+]
 
 StartMethod = Literal["spawn", "fork", "forkserver"]
 KILL_GRACE_S = 3.0
 """Seconds a child has to exit after ``SIGTERM`` before it is killed, once a sibling has failed."""
 
-_OWNER_ATTRIBUTES = ("callback_metrics", "should_stop", "interrupted", "received_signal")
-_OWNER_STATEFUL = ("progress", "strategy")
+
+class GroupMember(Protocol):
+    """What the launcher needs of a strategy: how long collectives wait, and joining and leaving the group."""
+
+    @property
+    def timeout(self) -> timedelta: ...
+
+    def init_process_group(
+        self, store: dist.Store | None = None, rank: int | None = None, world_size: int | None = None
+    ) -> None: ...
+
+    def destroy_process_group(self) -> None: ...
 
 
 class ProcessRaisedError(RuntimeError):
@@ -95,6 +110,8 @@ def check_main_guard() -> None:
         RuntimeError: inside such an import: the script calls ``fit`` without an ``if __name__ == "__main__":``
             guard, so every child would start processes of its own.
     """
+    # The standard library's own check (multiprocessing.spawn._check_not_importing_main) reads this private flag;
+    # there is no public one. A Python without it skips this check, and the child's own start then fails instead.
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError(
             "Trainer.fit was called while a new process imports the main module: with start_method='spawn' or "
@@ -166,7 +183,7 @@ class _Spec:
 
 
 def launch_processes(
-    strategy: DDPStrategy,
+    strategy: GroupMember,
     function: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -180,7 +197,7 @@ def launch_processes(
 
     Args:
         strategy: the strategy that joins each child to the group (sent along with the function).
-        function: the function every process runs, e.g. ``trainer._fit``.
+        function: the function every process runs (the Trainer's run).
         args, kwargs: its arguments.
         num_processes: number of processes (>= 2), ranks ``0..num_processes-1`` on this machine.
         start_method: ``"spawn"``, ``"forkserver"`` or ``"fork"`` (see the module docstring).
@@ -219,7 +236,8 @@ def launch_processes(
             _raise_failure(context.processes, Path(folder), 0, num_processes)
         output = torch.load(Path(folder) / "output.pt", map_location="cpu", weights_only=False)
     del store
-    _apply_output(output, function, args)
+    for index, state in output["modules"].items():
+        load_aggregate_state(args[index], state, source="rank 0's final state")
     return output["result"]
 
 
@@ -265,7 +283,7 @@ def _worker(local_rank: int, spec: _Spec) -> None:
         try:
             result = function(*args, **kwargs)
             if rank == 0:
-                _write_output(folder / "output.pt", result, function, args)
+                _write_output(folder / "output.pt", result, args)
         except BaseException as error:
             # Recorded before the group goes: destroying it is what fails the peers' pending collectives, so
             # their errors come strictly later than this one (see root_cause).
@@ -279,55 +297,16 @@ def _worker(local_rank: int, spec: _Spec) -> None:
         raise
 
 
-def _write_output(path: Path, result: Any, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    from torchsystem_trainer.checkpoint import aggregate_state
-
-    owner = getattr(function, "__self__", None)
+def _write_output(path: Path, result: Any, args: tuple[Any, ...]) -> None:
     output = {
         "result": result,
         "modules": {index: aggregate_state(arg) for index, arg in enumerate(args) if isinstance(arg, nn.Module)},
-        "owner": None if owner is None else _owner_state(owner),
     }
     buffer = io.BytesIO()
     torch.save(output, buffer)
     temporary = path.with_suffix(".tmp")
     temporary.write_bytes(buffer.getvalue())
     temporary.replace(path)
-
-
-def _owner_state(owner: Any) -> dict[str, Any]:
-    state: dict[str, Any] = {name: getattr(owner, name) for name in _OWNER_ATTRIBUTES if hasattr(owner, name)}
-    for name in _OWNER_STATEFUL:
-        value = getattr(owner, name, None)
-        if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
-            state[name] = value.state_dict()  # type: ignore[union-attr]
-    callbacks = getattr(owner, "callbacks", None)
-    if isinstance(callbacks, list):
-        state["callbacks"] = [
-            c.state_dict() if callable(getattr(c, "state_dict", None)) and callable(getattr(c, "load_state_dict", None))
-            else None
-            for c in callbacks
-        ]
-    return state
-
-
-def _apply_output(output: dict[str, Any], function: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    from torchsystem_trainer.checkpoint import load_aggregate_state
-
-    for index, state in output["modules"].items():
-        load_aggregate_state(args[index], state, source="rank 0's final state")
-    owner, state = getattr(function, "__self__", None), output["owner"]
-    if owner is None or state is None:
-        return
-    for name in _OWNER_ATTRIBUTES:
-        if name in state:
-            setattr(owner, name, state[name])
-    for name in _OWNER_STATEFUL:
-        if name in state:
-            getattr(owner, name).load_state_dict(state[name])
-    for callback, saved in zip(getattr(owner, "callbacks", None) or [], state.get("callbacks") or []):
-        if saved is not None:
-            callback.load_state_dict(saved)
 
 
 def _write_error(path: Path, rank: int, error: BaseException) -> None:

@@ -136,7 +136,9 @@ def route_modules(root: nn.Module, wrap: Callable[[nn.Module], DistributedDataPa
         ValueError: when two routed children share a parameter (DDP would reduce its gradient twice), naming
             them.
     """
-    candidates = [(n, m) for n, m in trainable_modules(root) if not isinstance(m.__dict__.get("forward"), RoutedForward)]
+    candidates = [
+        (n, m) for n, m in trainable_modules(root) if not isinstance(m.__dict__.get("forward"), RoutedForward)
+    ]
     owners: dict[int, str] = {}
     for name, module in trainable_modules(root):
         for parameter in module.parameters():
@@ -168,4 +170,19 @@ def unroute(routes: list[Route]) -> None:
             route.module.__dict__["forward"] = route.previous
         reducer = getattr(route.ddp, "reducer", None)
         if reducer is not None:
-            reducer._remove_autograd_hooks()
+            _remove_autograd_hooks(reducer)
+
+
+def _remove_autograd_hooks(reducer: Any) -> None:
+    """Remove the gradient hooks a DDP reducer put on its parameters. Without this, they stay until the reducer is
+    garbage collected (its destructor removes them), and a backward pass after the fit would still all-reduce.
+    torch has no public call for it: ``Reducer._remove_autograd_hooks`` (torch 2.x) is what DDP itself uses.
+    Checked, so a torch without it fails loudly instead of leaving collectives behind."""
+    remove = getattr(reducer, "_remove_autograd_hooks", None)
+    if remove is None:
+        raise RuntimeError(
+            f"torch {torch.__version__}: DistributedDataParallel's reducer has no _remove_autograd_hooks, which "
+            "giving the aggregate its own modules back after a fit relies on (torchsystem_trainer.strategies.routing); "
+            "please report it"
+        )
+    remove()

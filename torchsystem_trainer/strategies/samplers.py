@@ -91,7 +91,7 @@ def unshardable_reason(loader: Any) -> str | None:
     sampler = loader.sampler
     if isinstance(sampler, (DistributedSampler, DistributedEvalSampler)):
         return ""
-    if type(sampler) is RandomSampler and (sampler.replacement or sampler._num_samples is not None):
+    if type(sampler) is RandomSampler and (sampler.replacement or sampler.num_samples != len(sampler.data_source)):
         return "its RandomSampler draws with replacement or a num_samples of its own"
     if type(sampler) not in (SequentialSampler, RandomSampler):
         return f"it has a custom sampler ({type(sampler).__name__})"

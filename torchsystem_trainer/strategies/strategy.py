@@ -1,15 +1,17 @@
 """The Strategy: where tensors live, at what precision the arithmetic runs, and how processes share the work.
 
 A strategy is the only thing that decides devices, precision and data parallelism (as Lightning Fabric's
-``Strategy`` + ``Precision`` do). The Trainer asks it to launch processes, set up the aggregate, move batches,
-open the forward context, and step optimizers; callbacks use its collectives.
+``Strategy`` + ``Precision`` do). The Trainer asks it to launch processes, set up the aggregate, move batches and
+open the forward context; the aggregate's optimizer steps go through its :class:`OptimizerStep` (``strategy.steps``;
+:mod:`~torchsystem_trainer.strategies.optimizer_step` is that whole path); callbacks use its collectives.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, ContextManager, Literal, TypeVar
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any, Literal, TypeVar
 
 import torch
 from lightning_utilities.core.apply_func import apply_to_collection
@@ -17,16 +19,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from torchsystem_trainer.domain import Aggregate
-from torchsystem_trainer.strategies.binding import (
-    bind_optimizer,
-    bind_scheduler,
-    find_optimizers,
-    find_schedulers,
-    unbind,
-)
+from torchsystem_trainer.strategies.optimizer_step import OptimizerStep
 from torchsystem_trainer.strategies.precision import Precision
 
-__all__ = ["Strategy", "ClipAlgorithm", "CLIP_ALGORITHMS", "ReduceOp"]
+__all__ = ["CLIP_ALGORITHMS", "ClipAlgorithm", "ReduceOp", "Strategy"]
 
 A = TypeVar("A", bound=Aggregate)
 R = TypeVar("R")
@@ -41,23 +37,22 @@ class Strategy(ABC):
 
     Attributes:
         precision: the :class:`Precision` plugin.
-        accumulating: set by the Trainer before each training batch: ``True`` when this batch's gradients
-            are accumulated and the optimizer must not step yet.
-        window_start: set by the Trainer before each training batch: ``True`` on the first batch of an
-            accumulation window, the only batch whose ``zero_grad()`` clears the gradients.
+        steps: the :class:`OptimizerStep` every bound optimizer step runs through.
         accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm: see :meth:`configure`.
     """
 
     def __init__(self, precision: str = "32-true") -> None:
         self.precision = Precision(precision, self.root_device)
-        self.accumulating = False
-        self.window_start = True
+        self.steps = OptimizerStep(self.precision)
         self.accumulate_grad_batches = 1
         self.gradient_clip_val: float | None = None
         self.gradient_clip_algorithm: ClipAlgorithm = "norm"
-        self.on_gradients: Callable[[Optimizer], None] | None = None
-        self._backward_seen = False
-        self.plain_step = self._plain_step()
+
+    @property
+    def accumulating(self) -> bool:
+        """Whether the current training batch's gradients are accumulated and the optimizer does not step yet
+        (``steps.accumulating``, set by the loop before each batch)."""
+        return self.steps.accumulating
 
     # -- topology ---------------------------------------------------------------------------------------
 
@@ -104,7 +99,8 @@ class Strategy(ABC):
         gradient_clip_algorithm: ClipAlgorithm = "norm",
         on_gradients: Callable[[Optimizer], None] | None = None,
     ) -> None:
-        """Set how :meth:`optimizer_step` treats gradients (the Trainer calls this with its own arguments).
+        """Set what the optimizer step does around the optimizer's own step (the Trainer calls this with its own
+        arguments); see :mod:`~torchsystem_trainer.strategies.optimizer_step` for the order.
 
         Args:
             accumulate_grad_batches: batches whose gradients are summed per optimizer step; the sum is divided
@@ -112,24 +108,28 @@ class Strategy(ABC):
             gradient_clip_val: clip gradients to this norm (or value), after unscaling; ``None`` for no clipping.
             gradient_clip_algorithm: ``"norm"`` (``torch.nn.utils.clip_grad_norm_``, 2-norm over all of an
                 optimizer's parameters) or ``"value"`` (``clip_grad_value_``).
-            on_gradients: called with the optimizer once gradients are final, before the step.
+            on_gradients: called with the optimizer once gradients are final (unscaled, averaged), before
+                clipping and the step.
         """
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.on_gradients = on_gradients
-        self.plain_step = self._plain_step()
-
-    def _plain_step(self) -> bool:
-        """Whether :meth:`optimizer_step` would only call the optimizer's own step: no scaler, no accumulation,
-        no clipping, no ``on_gradients``, and not overridden. A bound optimizer then steps directly."""
-        return (
-            self.precision.scaler is None
-            and self.accumulate_grad_batches == 1
-            and self.gradient_clip_val is None
-            and self.on_gradients is None
-            and type(self).optimizer_step is Strategy.optimizer_step
+        self.steps.precision = self.precision
+        self.steps.configure(
+            accumulate_grad_batches=accumulate_grad_batches,
+            reduce_gradients=self.gradient_reducer(),
+            clip_gradients=None if gradient_clip_val is None else self.clip_gradients,
+            on_gradients=on_gradients,
         )
+
+    def gradient_reducer(self) -> Callable[[Optimizer], None] | None:
+        """What reduces an optimizer's gradients across processes before it steps (step a of the optimizer step),
+        for what the backward pass did not reduce; ``None`` (the default): nothing to reduce.
+
+        Returns:
+            ``(optimizer) -> None``, or ``None``.
+        """
+        return None
 
     def setup(self, aggregate: A) -> A:
         """Move ``aggregate`` to :attr:`root_device`, cast it to the precision's parameter dtype, and bind its
@@ -146,12 +146,8 @@ class Strategy(ABC):
         """
         aggregate.to(self.root_device)
         self.precision.convert_module(aggregate)
-        schedulers = find_schedulers(aggregate)
-        if not self.plain_step or schedulers:  # a plain step with no scheduler needs no binding at all
-            for optimizer in find_optimizers(aggregate):
-                bind_optimizer(optimizer, self)
-            for scheduler in schedulers:
-                bind_scheduler(scheduler)
+        if self.steps.needed:  # a plain step needs no binding at all: the optimizer's own runs
+            self.steps.bind(aggregate)
         if isinstance(aggregate, Aggregate):
             # Only loss scaling (16-mixed) or a subclass's own backward needs the detour; otherwise the aggregate's
             # backward is plain loss.backward(), two calls fewer per step.
@@ -161,10 +157,7 @@ class Strategy(ABC):
 
     def teardown(self, aggregate: Aggregate) -> None:
         """Undo :meth:`setup`'s bindings (the aggregate stays on its device)."""
-        for scheduler in find_schedulers(aggregate):
-            unbind(scheduler)
-        for optimizer in find_optimizers(aggregate):
-            unbind(optimizer)
+        OptimizerStep.unbind(aggregate)
         if isinstance(aggregate, Aggregate):
             aggregate.bind_backward(None)
 
@@ -200,7 +193,8 @@ class Strategy(ABC):
     def needs_step_context(self) -> bool:
         """Whether :meth:`train_step_context` does anything: autocast (mixed precision), or a subclass's own
         context (``no_sync``). When not, the Trainer enters no context per batch."""
-        return self.precision.autocast_dtype is not None or type(self).train_step_context is not Strategy.train_step_context
+        overridden = type(self).train_step_context is not Strategy.train_step_context
+        return self.precision.autocast_dtype is not None or overridden
 
     def train_step_context(self) -> ContextManager[Any]:
         """The context one training batch runs under: :meth:`forward_context`; a data-parallel strategy adds
@@ -210,40 +204,11 @@ class Strategy(ABC):
     def backward(self, loss: Tensor) -> None:
         """Backpropagate ``loss`` (``[]`` scalar) with the precision's loss scaling; bound to the aggregate's
         ``backward`` by :meth:`setup`."""
-        self._backward_seen = True
-        self.precision.backward(loss)
-
-    def optimizer_step(self, optimizer: Optimizer) -> Any:
-        """Finish the gradients and step: unscale (``16-mixed``), average over the accumulation window, clip,
-        call ``on_gradients``, then step through the precision (which skips non-finite fp16 steps).
-
-        Returns:
-            What the optimizer's step returned; ``None`` for a skipped step.
-
-        Raises:
-            RuntimeError: under ``16-mixed`` when the backward pass did not go through
-                ``aggregate.backward(loss)``, so the gradients are not scaled.
-        """
-        if self.precision.scaler is not None:
-            if not self._backward_seen:
-                raise RuntimeError(
-                    "precision='16-mixed' scales the loss: call self.backward(loss) instead of loss.backward() "
-                    "in the aggregate's fit"
-                )
-            self.precision.unscale(optimizer)
-        self._backward_seen = False
-        if self.accumulate_grad_batches > 1:
-            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, 1.0 / self.accumulate_grad_batches)
-        if self.gradient_clip_val is not None:
-            self.clip_gradients(optimizer)
-        if self.on_gradients is not None:
-            self.on_gradients(optimizer)
-        return self.precision.step(optimizer)
+        self.steps.backward(loss)
 
     def clip_gradients(self, optimizer: Optimizer) -> None:
-        """Clip ``optimizer``'s gradients in place by :attr:`gradient_clip_algorithm`."""
+        """Clip ``optimizer``'s gradients in place by :attr:`gradient_clip_algorithm` (step e of the optimizer
+        step: after unscaling and ``GradientsComputed``)."""
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         assert self.gradient_clip_val is not None
         if self.gradient_clip_algorithm == "norm":
@@ -273,7 +238,7 @@ class Strategy(ABC):
         """Send ``obj`` (a tensor or any picklable object) from process ``src`` to all; returns it."""
         return obj
 
-    def barrier(self, name: str | None = None) -> None:
+    def barrier(self, name: str | None = None) -> None:  # noqa: B027 (a no-op with one process, not abstract)
         """Wait until every process reaches this point."""
 
     # -- persistence ------------------------------------------------------------------------------------

@@ -57,8 +57,8 @@ def normalize_loaders(loaders: Any, allowed: Sequence[str], method: str) -> list
     """
     if isinstance(loaders, Mapping):
         pairs = list(loaders.items())
-    elif isinstance(loaders, (list, tuple)) and loaders and all(_is_pair(item) for item in loaders):
-        pairs = list(loaders)
+    elif isinstance(loaders, (list, tuple)) and all(_is_pair(item) for item in loaders):
+        pairs = list(loaders)  # [] too: no loader at all
     else:
         _refuse_unnamed_loaders(loaders, allowed, method)
         pairs = [(allowed[0], loaders)]

@@ -3,13 +3,17 @@
 They are the Trainer's hot path, kept apart from its orchestration (``trainer.py``): each resolves once, at the
 phase's start, everything it uses per batch (the bound methods, the strategy's contexts, the handlers of the batch
 event), builds a batch event only when some callback handles it, and reads nothing back from the device.
+
+A phase knows nothing of the Trainer: it gets a :class:`Run` (the strategy, the event bus, the loop's state, and
+the object events name as their ``trainer``) and the settings it applies, and it advances ``run.loop``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -24,58 +28,93 @@ from torchsystem_trainer.events import (
     Tested,
     Validated,
 )
-from torchsystem_trainer.strategies.binding import find_optimizers
+from torchsystem_trainer.strategies import Strategy
+from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.loaders import batch_size, call_step, limit_of, targets_reader
+from torchsystem_trainer.trainer.loop_state import LoopState
 
-if TYPE_CHECKING:
-    from torchsystem_trainer.trainer.trainer import Trainer
+__all__ = ["Run", "evaluate_phase", "predict_phase", "train_phase"]
 
-__all__ = ["evaluate_phase", "predict_phase", "train_phase"]
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """What the phases of one run share.
+
+    Attributes:
+        source: the object every event carries as its ``trainer`` (the Trainer).
+        strategy: the run's strategy (set up).
+        bus: the run's event bus.
+        loop: the loop's state, which the phases advance.
+    """
+
+    source: Any
+    strategy: Strategy
+    bus: EventBus
+    loop: LoopState
+
+    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the processes (the identity with one)."""
+        return self.strategy.all_reduce(tensor, "sum") if self.strategy.world_size > 1 else tensor
+
 
 _EVALUATION_EVENTS = {"validation": (BatchValidated, Validated), "test": (BatchTested, Tested)}
 
 
 def train_phase(
-    trainer: Trainer, aggregate: Any, loader: Iterable[Any], deadline: float | None
+    run: Run,
+    aggregate: Any,
+    loader: Iterable[Any],
+    *,
+    limit: int | float | None,
+    max_steps: int | None,
+    deadline: float | None,
 ) -> tuple[dict[str, float], EndReason | None, bool]:
     """Run one training phase: the per-batch hot path.
+
+    Args:
+        run: the run.
+        aggregate: the aggregate, set up.
+        loader: the training loader (as the strategy adapted it).
+        limit: ``limit_train_batches`` (an ``int`` count or a ``float`` fraction), or ``None``.
+        max_steps: stop once ``loop.progress.global_step`` reaches it, or ``None``.
+        deadline: ``time.monotonic()`` at which ``max_time`` runs out, or ``None``.
 
     Returns:
         The phase's results, why the fit must stop (or ``None``), and whether the phase was cut short before the
         loader's end.
     """
-    strategy, progress, bus = trainer.strategy, trainer.progress, trainer._bus
+    strategy, bus, loop, source = run.strategy, run.bus, run.loop, run.source
+    progress = loop.progress
     aggregate.phase = "train"
     epoch = progress.epoch
     set_epoch = getattr(getattr(loader, "sampler", None), "set_epoch", None)
     if callable(set_epoch):  # DistributedSampler and friends reshuffle per epoch
         set_epoch(epoch)
-    limit = limit_of(loader, trainer.limit_train_batches, "limit_train_batches")
+    limit = limit_of(loader, limit, "limit_train_batches")
     total = _planned(loader, limit)
-    bus.emit(PhaseStarted, trainer, aggregate, epoch, "train", total)
-    results = trainer._results_of("train")
+    bus.emit(PhaseStarted, source, aggregate, epoch, "train", total)
+    results = loop.results("train")
     if progress.batch == 0:
         results.reset()
     fit, owner = aggregate.fit, f"{type(aggregate).__name__}.fit"  # type: ignore[union-attr]
     to_device = strategy.batch_to_device
     context = strategy.train_step_context if strategy.needs_step_context() else None
-    accumulate, max_steps = trainer.accumulate_grad_batches, trainer.max_steps
+    steps = strategy.steps  # what a bound optimizer.step() runs through (strategies.optimizer_step)
+    accumulate = steps.accumulate_grad_batches
     listeners = bus.handlers(BatchTrained)
     wants_targets = results.metrics is not None or bool(listeners)
     read_targets = targets_reader(aggregate, results.metrics is not None, "train")
     reason: EndReason | None = None
     distributed = strategy.world_size > 1
     index = progress.batch - 1
-    iterator = trainer._position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
+    iterator = loop.position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
     for index, batch in enumerate(iterator, start=progress.batch):
         if limit is not None and index >= limit:
             index -= 1
             break
         batch = to_device(batch)
         if accumulate > 1:
-            position = index % accumulate
-            strategy.window_start = position == 0
-            strategy.accumulating = position != accumulate - 1 and index + 1 != total
+            steps.begin_batch(index, total)
         if context is None:
             predictions, loss = call_step(fit, batch, owner)
         else:
@@ -86,17 +125,17 @@ def train_phase(
         results.update(loss, batch_size(batch), predictions, targets)
         progress.batch = index + 1
         progress.step += 1
-        if not strategy.accumulating:
+        if not steps.accumulating:
             progress.global_step += 1
         if listeners:
-            event = BatchTrained(trainer, aggregate, epoch, index, progress.step, predictions, loss, targets)  # type: ignore[arg-type]
+            event = BatchTrained(source, aggregate, epoch, index, progress.step, predictions, loss, targets)
             for handler in listeners:
                 handler(event)
         if distributed:  # every process must stop at the same batch, or the next all-reduce hangs
-            deadline = trainer._agree_to_stop(deadline)
-        if trainer.should_stop:
-            reason = trainer._stop_reason()
-            if reason == "interrupted" and strategy.accumulating:
+            deadline = _agree_to_stop(loop, strategy, deadline)
+        if loop.should_stop:
+            reason = loop.stop_reason()
+            if reason == "interrupted" and steps.accumulating:
                 reason = None  # finish the accumulation window: a checkpoint holds no partial gradients
                 continue
         elif max_steps is not None and progress.global_step >= max_steps:
@@ -106,33 +145,57 @@ def train_phase(
         else:
             continue
         break
-    if strategy.accumulating:  # the loader ended inside an accumulation window of unknown length
-        strategy.accumulating = False
-        for optimizer in find_optimizers(aggregate):
-            optimizer.step()
+    if steps.finish_window(aggregate):  # the loader ended inside an accumulation window of unknown length
         progress.global_step += 1
-    strategy.accumulating, strategy.window_start = False, True
+    if progress.batch == 0 and limit != 0:  # not one batch in a whole epoch: an empty iterable (no len to check)
+        raise ValueError(
+            f"Trainer.fit: the 'train' loader yielded no batch in epoch {epoch}: there is nothing to train on"
+        )
     if reason == "interrupted":
         return {}, reason, True  # no results yet: folding the losses now would change the resumed sums
     cut_short = reason is not None and (total is None or index + 1 < total)
-    return results.compute(trainer._reduce), reason, cut_short
+    return results.compute(run.reduce), reason, cut_short
 
 
-def evaluate_phase(
-    trainer: Trainer, aggregate: Any, loader: Iterable[Any], phase: str, limit_arg: Any
-) -> dict[str, float]:
+def _agree_to_stop(loop: LoopState, strategy: Strategy, deadline: float | None) -> float | None:
+    """Under several processes, agree after each training batch on whether to stop, since a signal, a clock or a
+    callback may tell one process and not the others: the strongest request wins everywhere (one small all-reduce
+    and one host read per batch, paid only by data-parallel runs).
+
+    Returns:
+        The deadline to check next, ``0.0`` when some process's ``max_time`` ran out.
+    """
+    timed_out = deadline is not None and time.monotonic() >= deadline
+    local = 3 if timed_out else 2 if loop.stop_signalled else 1 if loop.should_stop else 0
+    agreed = int(strategy.all_reduce(torch.tensor(local, device=strategy.root_device), "max").item())
+    if agreed == 3:
+        return 0.0
+    if agreed and not loop.should_stop:
+        loop.should_stop, loop.stop_signalled = True, agreed == 2
+    return deadline
+
+
+def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, limit: Any) -> dict[str, float]:
     """Run one validation or test phase under ``torch.inference_mode()`` and emit its events.
+
+    Args:
+        run: the run.
+        aggregate: the aggregate, set up.
+        loader: the phase's loader (as the strategy adapted it).
+        phase: ``"validation"`` or ``"test"``.
+        limit: ``limit_val_batches`` (an ``int`` count or a ``float`` fraction), or ``None``.
 
     Returns:
         The phase's results.
     """
-    strategy, progress, bus = trainer.strategy, trainer.progress, trainer._bus
+    strategy, bus, loop, source = run.strategy, run.bus, run.loop, run.source
+    progress = loop.progress
     batch_event, phase_event = _EVALUATION_EVENTS[phase]
     aggregate.phase = "evaluation"
     epoch = progress.epoch
-    limit = limit_of(loader, limit_arg, "limit_val_batches")
-    bus.emit(PhaseStarted, trainer, aggregate, epoch, phase, _planned(loader, limit))
-    results = trainer._results_of(phase)
+    limit = limit_of(loader, limit, "limit_val_batches")
+    bus.emit(PhaseStarted, source, aggregate, epoch, phase, _planned(loader, limit))
+    results = loop.results(phase)
     results.reset()
     evaluate, owner = aggregate.evaluate, f"{type(aggregate).__name__}.evaluate"  # type: ignore[union-attr]
     to_device = strategy.batch_to_device
@@ -148,29 +211,29 @@ def evaluate_phase(
             targets = read_targets(batch) if wants_targets else None
             results.update(loss, batch_size(batch), predictions, targets)
             if listeners:
-                event = batch_event(trainer, aggregate, epoch, index, progress.step, predictions, loss, targets)
+                event = batch_event(source, aggregate, epoch, index, progress.step, predictions, loss, targets)
                 for handler in listeners:
                     handler(event)
-    computed = results.compute(trainer._reduce)
-    bus.emit(phase_event, trainer, aggregate, epoch, computed)
+    computed = results.compute(run.reduce)
+    bus.emit(phase_event, source, aggregate, epoch, computed)
     return computed
 
 
-def predict_phase(trainer: Trainer, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
+def predict_phase(run: Run, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
     """Predict every batch of ``loader`` (the aggregate set up, in the ``'evaluation'`` phase); emits
     ``PhaseStarted``, ``BatchPredicted`` per batch and ``Predicted``. Returns one entry per batch."""
     aggregate.phase = "evaluation"
-    bus, to_device = trainer._bus, trainer.strategy.batch_to_device
-    bus.emit(PhaseStarted, trainer, aggregate, trainer.progress.epoch, "predict", _length(loader))
+    bus, to_device, source = run.bus, run.strategy.batch_to_device, run.source
+    bus.emit(PhaseStarted, source, aggregate, run.loop.progress.epoch, "predict", _length(loader))
     predict: Callable[[Any], Any] | None = getattr(aggregate, "predict", None)
     predictions: list[Any] = []
-    with torch.inference_mode(), trainer.strategy.forward_context():
+    with torch.inference_mode(), run.strategy.forward_context():
         for index, batch in enumerate(loader):
             batch = to_device(batch)
             output = predict(batch) if predict is not None else aggregate(_inputs_of(batch))
             predictions.append(output)
-            bus.emit(BatchPredicted, trainer, aggregate, index, output)
-    bus.emit(Predicted, trainer, aggregate, predictions)
+            bus.emit(BatchPredicted, source, aggregate, index, output)
+    bus.emit(Predicted, source, aggregate, predictions)
     return predictions
 
 

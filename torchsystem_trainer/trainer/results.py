@@ -124,9 +124,10 @@ class PhaseResults:
             if reduce is not None:
                 pair = reduce(pair)
             loss_sum, count = pair.tolist()
-            if count:
-                results["loss"] = loss_sum / count
-        if self.metrics is not None and (total is not None or reduce is not None):
+            if not count:  # no process saw a sample: no results (torchmetrics would compute a default 0.0)
+                return results
+            results["loss"] = loss_sum / count
+        if self.metrics is not None and total is not None:
             for name, value in self.metrics.compute().items():
                 tensor = torch.as_tensor(value)
                 if tensor.numel() != 1:
@@ -221,47 +222,66 @@ def _metrics_in(collection: MetricCollection) -> dict[str, Metric]:
 
 
 def metric_states(collection: MetricCollection) -> dict[str, Any]:
-    """The states of every metric in ``collection`` (torchmetrics' ``metric_state``, the registered states, plus
-    the update count) and the collection's compute groups, as plain data.
+    """The states of every metric in ``collection`` (torchmetrics' public ``metric_state``: the registered states)
+    and their update counts (``update_count``), as plain data.
 
     Returns:
-        ``{"metrics": {module name: {"states": {state: tensor or [tensors]}, "update_count": int}},
-        "groups": {int: [metric names]}, "groups_checked": bool}``.
+        ``{"metrics": {module name: {"states": {state: tensor or [tensors]}, "update_count": int}}}``.
     """
     return {
         "metrics": {
-            name: {"states": dict(metric.metric_state), "update_count": int(metric._update_count)}
+            name: {"states": dict(metric.metric_state), "update_count": int(metric.update_count)}
             for name, metric in _metrics_in(collection).items()
         },
-        "groups": {int(key): list(names) for key, names in collection._groups.items()},
-        "groups_checked": bool(collection._groups_checked),
     }
 
 
 def load_metric_states(collection: MetricCollection, state: dict[str, Any]) -> None:
     """Put :func:`metric_states`' output back into ``collection`` (a clone of the same metrics), on its devices.
 
+    Each metric is reset, then its states are set by name (they are its attributes) and its update count restored.
+    A collection's compute groups are not restored: its next update finds them again (torchmetrics merges metrics
+    whose states are equal after an update, and the restored states of one group's metrics are equal).
+
     Raises:
         ValueError: when the metrics or their states differ from the saved ones, naming them; nothing changes then.
+        RuntimeError: for a torchmetrics whose ``Metric`` keeps its update count elsewhere (see
+            ``_check_update_count``); nothing changes then.
     """
     metrics, saved = _metrics_in(collection), state["metrics"]
     problems = [f"metric {name!r} is not saved" for name in metrics if name not in saved]
     problems += [f"saved metric {name!r} is not configured" for name in saved if name not in metrics]
     for name in set(metrics) & set(saved):
-        if set(saved[name]["states"]) != set(metrics[name]._defaults):
-            problems.append(f"metric {name!r} has states {sorted(metrics[name]._defaults)}, saved "
-                            f"{sorted(saved[name]['states'])}")
+        names = set(metrics[name].metric_state)
+        if set(saved[name]["states"]) != names:
+            problems.append(f"metric {name!r} has states {sorted(names)}, saved {sorted(saved[name]['states'])}")
     if problems:
         raise ValueError("the checkpoint's metric states do not fit the configured metrics: " + "; ".join(problems))
+    for metric in metrics.values():
+        _check_update_count(metric)
     for name, metric in metrics.items():
         device = metric.device
+        metric.reset()  # forgets any cached compute() result too
         for key, value in saved[name]["states"].items():
             moved = value.to(device) if isinstance(value, Tensor) else [item.to(device) for item in value]
             setattr(metric, key, moved)
-        metric._update_count = int(saved[name]["update_count"])
-        metric._computed = None
-    collection._groups = {int(key): list(names) for key, names in state["groups"].items()}
-    collection._groups_checked = bool(state["groups_checked"])
-    collection._state_is_copy = False
-    if collection._groups_checked:
-        collection._compute_groups_create_state_ref()
+        _set_update_count(metric, int(saved[name]["update_count"]))
+
+
+def _set_update_count(metric: Metric, count: int) -> None:
+    """Restore a metric's update count (checked by :func:`_check_update_count` first)."""
+    metric._update_count = count
+
+
+def _check_update_count(metric: Metric) -> None:
+    """torchmetrics offers a metric's update count read-only (``update_count``, which ``compute`` checks to warn
+    about a metric never updated, and a mean-reducing ``merge_state`` divides by), and no public way to set it; it
+    lives in ``_update_count`` (torchmetrics 1.0 to 1.9). Checked before anything changes, so a torchmetrics that
+    moves it fails loudly instead of resuming with a wrong count."""
+    if not hasattr(metric, "_update_count"):
+        from torchmetrics import __version__
+
+        raise RuntimeError(
+            f"torchmetrics {__version__}: Metric has no _update_count, which restoring a metric's update count from "
+            "a checkpoint relies on (torchsystem_trainer.trainer.results); please report it"
+        )

@@ -10,38 +10,42 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
-import torch
 from torch.nn import Module
 
-from torchsystem_trainer.checkpoint import StopSignals, TrainPosition
+from torchsystem_trainer.checkpoint import (
+    StopSignals,
+    aggregate_epoch,
+    load_aggregate_state,
+    read_checkpoint,
+    resolve_checkpoint_path,
+    restore,
+)
 from torchsystem_trainer.events import (
     EndReason,
-    EpochStarted,
     ExceptionRaised,
     FitEnded,
     FitStarted,
     GradientsComputed,
-    Iterated,
     Stage,
     StageEnded,
     StageEndReason,
     StageStarted,
-    Trained,
 )
 from torchsystem_trainer.services import Consumer
 from torchsystem_trainer.strategies import CLIP_ALGORITHMS, Strategy, resolve_strategy
 from torchsystem_trainer.trainer import arguments as check
 from torchsystem_trainer.trainer.dispatch import EventBus
+from torchsystem_trainer.trainer.fit_loop import FitLimits, fit_order, loader_length, run_epochs, warn_empty
 from torchsystem_trainer.trainer.loaders import normalize_loaders
-from torchsystem_trainer.trainer.phases import evaluate_phase, predict_phase, train_phase
+from torchsystem_trainer.trainer.loop_state import LoopState
+from torchsystem_trainer.trainer.phases import Run, evaluate_phase, predict_phase
 from torchsystem_trainer.trainer.progress import Progress
-from torchsystem_trainer.trainer.results import PhaseResults, build_metrics
+from torchsystem_trainer.trainer.results import build_metrics
 from torchsystem_trainer.trainer.seeding import deterministic_algorithms, seed_everything
 
 __all__ = ["Trainer"]
@@ -52,8 +56,13 @@ _R = TypeVar("_R")
 class Trainer:
     """Trains, validates, tests and predicts with an aggregate, producing events for its callbacks.
 
-    With no limit at all (``max_epochs``, ``max_steps``, ``max_time`` all ``None``) a fit runs one epoch, as
-    Keras' ``epochs=1``; with only ``max_steps`` or ``max_time``, epochs repeat until that limit.
+    One epoch counter: the aggregate's ``epoch`` (epochs completed; 0 for an aggregate without one). A fit starts
+    at ``aggregate.epoch`` and ``max_epochs`` is the total the aggregate reaches, as in Lightning: an aggregate at
+    epoch 10 with ``max_epochs=12`` trains epochs 10 and 11; one already at 12 trains none (with a warning).
+    ``trainer.current_epoch`` and every event's ``epoch`` read the same number. With no limit at all
+    (``max_epochs``, ``max_steps``, ``max_time`` all ``None``) a fit trains one more epoch, as Keras'
+    ``epochs=1`` (an aggregate at epoch k ends at k + 1); with only ``max_steps`` or ``max_time``, epochs repeat
+    until that limit.
 
     Args:
         callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
@@ -62,7 +71,7 @@ class Trainer:
             like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
             ``"cuda"``, ``"mps"``, ``"ddp"``.
-        max_epochs: stop after this many epochs (>= 0).
+        max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``.
         max_steps: stop after this many optimizer steps (>= 0); with gradient accumulation a step spans
             ``accumulate_grad_batches`` batches.
         max_time: stop after this wall-clock time, checked after every training batch: seconds, a
@@ -75,7 +84,7 @@ class Trainer:
         check_val_every_n_epoch: run the validation phase on every n-th epoch (>= 1).
         limit_train_batches, limit_val_batches: run at most this many batches per epoch (an ``int``), or this
             fraction of the loader (a ``float`` in ``[0, 1]``).
-        fast_dev_run: ``True`` (or n): one epoch of 1 (or n) training and validation batches, to smoke-test a
+        fast_dev_run: ``True`` (or n): one more epoch of 1 (or n) training and validation batches, to smoke-test a
             set-up; ``ModelCheckpoint`` and the loggers write nothing then.
         enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
         enable_model_summary: add a ``ModelSummary`` (a table of the aggregate's modules at each fit's start).
@@ -93,6 +102,14 @@ class Trainer:
             of the wrong type, or a keyword this Trainer does not take (for a Lightning keyword such as
             ``accelerator`` or ``logger``, the message says what to write here instead).
     """
+
+    default_progress_bar: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the progress bar ``enable_progress_bar`` adds: ``torchsystem_trainer.callbacks.ProgressBar``, set by
+    the package's ``__init__`` (the composition root), so this layer imports no callback."""
+    default_model_summary: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the ``ModelSummary`` ``enable_model_summary`` adds; set by the package's ``__init__`` likewise."""
+    default_console: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the ``ConsoleLines`` ``verbose`` adds; set by the package's ``__init__`` likewise."""
 
     def __init__(
         self,
@@ -132,22 +149,19 @@ class Trainer:
         fast = check.fast_dev_run(fast_dev_run)
         self.fast_dev_run: int = fast
         if fast:
-            self.max_epochs, self.max_steps, self.max_time = 1, None, None
+            self.max_epochs, self.max_steps, self.max_time = None, None, None
             self.limit_train_batches = self.limit_val_batches = fast
-        elif self.max_epochs is None and self.max_steps is None and self.max_time is None:
-            self.max_epochs = 1
+        # with no limit at all (or fast_dev_run), a fit trains one more epoch (Keras' epochs=1)
+        self._one_more_epoch = self.max_epochs is None and self.max_steps is None and self.max_time is None
         self.seed = None if seed is None else check.non_negative_int("seed", seed)
         self.deterministic = bool(deterministic)
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
         callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
-        from torchsystem_trainer.callbacks import ConsoleLines, ModelSummary  # upward, as for the default bar
-
-        callbacks = _with_default(
-            callbacks, ModelSummary, "is_model_summary", enable_model_summary, "enable_model_summary"
-        )
-        callbacks = _with_default(callbacks, ConsoleLines, "is_console_lines", verbose, "verbose")
+        summary, console = type(self).default_model_summary, type(self).default_console
+        callbacks = _with_default(callbacks, summary, "is_model_summary", enable_model_summary, "enable_model_summary")
+        callbacks = _with_default(callbacks, console, "is_console_lines", verbose, "verbose")
         # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
         # same event (Lightning does the same; its issue #1464); only callbacks that report on them (ConsoleLines)
         # run after them.
@@ -160,19 +174,42 @@ class Trainer:
         )
         self._subscriptions = check.subscriptions(self.callbacks)
 
-        self.progress = Progress()
-        self.should_stop = False
-        self.interrupted = False
-        self.received_signal: int | None = None
+        self.loop = LoopState()
         self.ckpt_path: Path | None = None  # the checkpoint the last fit resumed from (Lightning's ckpt_path)
-        self.callback_metrics: dict[str, float] = {}
         self._bus = EventBus([], [])
-        self._phase_results: dict[str, PhaseResults] = {}
-        self._loaders: dict[str, Iterable[Any]] = {}
-        self._position = TrainPosition()  # the training loader's epoch start, for exact mid-epoch resumes
-        self._signal_set_stop = False  # should_stop was set by SIGTERM/SIGINT (not saved in checkpoints)
+        self._run = Run(self, self.strategy, self._bus, self.loop)
 
-    # -- Lightning-style read-only views ----------------------------------------------------------------
+    # -- Lightning-style views ----------------------------------------------------------------------------
+
+    @property
+    def progress(self) -> Progress:
+        """The loop's counters (``loop.progress``): see :class:`Progress`."""
+        return self.loop.progress
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether the fit stops at the next step boundary; a callback sets it to stop the fit (Lightning's
+        ``trainer.should_stop``)."""
+        return self.loop.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.loop.should_stop = bool(value)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the last fit ended ``"interrupted"`` (a signal or a ``KeyboardInterrupt``)."""
+        return self.loop.interrupted
+
+    @property
+    def received_signal(self) -> int | None:
+        """The signal (``SIGTERM``, ``SIGINT``) that stopped the last fit, or ``None``."""
+        return self.loop.received_signal
+
+    @property
+    def callback_metrics(self) -> dict[str, float]:
+        """The last finished epoch's results, ``{"<phase>/<name>": float}`` (Lightning's name)."""
+        return self.loop.callback_metrics
 
     @property
     def current_epoch(self) -> int:
@@ -188,7 +225,7 @@ class Trainer:
     def train_dataloader(self) -> Iterable[Any] | None:
         """The training loader of the fit running now, as the strategy prepared it (Lightning's name); ``None``
         outside a fit."""
-        return self._loaders.get("train")
+        return self.loop.loaders.get("train")
 
     @property
     def is_global_zero(self) -> bool:
@@ -213,11 +250,13 @@ class Trainer:
         ``loaders``: ``[("train", dl), ("validation", dl)]`` as in the seed, ``{"train": dl, ...}``, or one
         loader (training only). A batch is ``(inputs, targets)`` (``aggregate.fit(inputs, targets)``), another
         tuple or list (``fit(*batch)``) or a dict (``fit(**batch)``); ``fit``/``evaluate`` return
-        ``(predictions, loss)``. Every call is a new run: the counters (``trainer.progress``) start from zero,
-        unless ``ckpt_path`` restores them. Events, in order (handlers run in callback-list order)::
+        ``(predictions, loss)``. Every call is a new run: it starts at ``aggregate.epoch`` and its step counters
+        (``trainer.progress.step``/``global_step``) start from zero, unless ``ckpt_path`` restores them. The
+        loop's state is ``trainer.loop`` (see ``docs/loop.md``). Events, in order (handlers run in callback-list
+        order)::
 
             FitStarted
-            for epoch in epochs:                              # until a limit or a stop
+            for epoch in epochs:                              # from aggregate.epoch, until a limit or a stop
                 EpochStarted(epoch)
                 PhaseStarted("train")
                 for batch in train_loader:                    # aggregate in 'train' phase, under autocast
@@ -253,7 +292,9 @@ class Trainer:
                 uninterrupted run's (see ``docs/resuming.md`` for what that needs).
 
         Raises:
-            ValueError: for loaders without a ``"train"`` phase or with a phase ``fit`` does not run.
+            ValueError: for loaders without a ``"train"`` phase or with a phase ``fit`` does not run, or an empty
+                training loader (``len`` 0: before any event; an iterable without ``len`` that yields nothing: in
+                the first epoch). An empty validation loader is dropped with a warning instead.
             TypeError: for an aggregate without ``fit``/``evaluate``, or a bad batch or return value.
             FileNotFoundError, CheckpointError: for a ``ckpt_path`` that is missing, corrupt, unsafe, foreign or
                 does not match the aggregate (naming the file), before any event; nothing is changed then.
@@ -267,7 +308,7 @@ class Trainer:
         pairs = normalize_loaders(loaders, ("train", "validation"), "fit")
         if "train" not in dict(pairs):
             raise ValueError("Trainer.fit: loaders has no 'train' loader; give [('train', loader), ...]")
-        self.strategy.launch(self._fit, aggregate, pairs, ckpt_path)
+        self._launch(self._fit, aggregate, fit_order(pairs), ckpt_path)
 
     def validate(
         self, aggregate: Module, loaders: Any, *, ckpt_path: str | os.PathLike[str] | None = None
@@ -338,7 +379,7 @@ class Trainer:
         """
         check.aggregate(aggregate, (), "predict")
         (_, loader), = normalize_loaders(loader, ("predict",), "predict")
-        return self.strategy.launch(self._predict, aggregate, loader)
+        return self._launch(self._predict, aggregate, loader)
 
     def save_checkpoint(
         self, filepath: str | os.PathLike[str], weights_only: bool = False, *, aggregate: Module | None = None
@@ -377,64 +418,106 @@ class Trainer:
 
     # -- the run ----------------------------------------------------------------------------------------
 
+    def _launch(self, function: Callable[..., _R], *args: Any) -> _R:
+        """Run ``function(*args)`` in every process of the strategy (:meth:`Strategy.launch`); when it ran in other
+        processes (the strategy started them), apply rank 0's outcome to this Trainer: the loop's counters, stop
+        flags and ``callback_metrics``, the strategy's state and every stateful callback's (so ``ModelCheckpoint``'s
+        ``best_model_path`` is known here). The launcher itself brings back the result and the aggregate's state."""
+        outcome: _Outcome = self.strategy.launch(self._in_process, os.getpid(), function, *args)
+        if outcome.state is not None:
+            self._apply_outcome(outcome.state)
+        return outcome.result  # type: ignore[no-any-return]
+
+    def _in_process(self, caller: int, function: Callable[..., Any], *args: Any) -> _Outcome:
+        """What every process runs: ``function``; in a process other than the caller's, its outcome goes with the
+        result (a bound method of this Trainer: ``spawn`` pickles it with the Trainer)."""
+        result = function(*args)
+        return _Outcome(result, None if os.getpid() == caller else self._outcome_state())
+
+    def _outcome_state(self) -> dict[str, Any]:
+        loop = self.loop
+        return {
+            "progress": loop.progress.state_dict(),
+            "should_stop": loop.should_stop,
+            "stop_signalled": loop.stop_signalled,
+            "interrupted": loop.interrupted,
+            "received_signal": loop.received_signal,
+            "callback_metrics": dict(loop.callback_metrics),
+            "strategy": self.strategy.state_dict(),
+            "callbacks": [
+                callback.state_dict() if _is_stateful(callback) else None  # type: ignore[attr-defined]
+                for callback in self.callbacks
+            ],
+        }
+
+    def _apply_outcome(self, state: dict[str, Any]) -> None:
+        loop = self.loop
+        loop.progress.load_state_dict(state["progress"])
+        loop.should_stop, loop.stop_signalled = state["should_stop"], state["stop_signalled"]
+        loop.interrupted, loop.received_signal = state["interrupted"], state["received_signal"]
+        loop.callback_metrics = state["callback_metrics"]
+        self.strategy.load_state_dict(state["strategy"])
+        for callback, saved in zip(self.callbacks, state["callbacks"], strict=True):
+            if saved is not None:
+                callback.load_state_dict(saved)  # type: ignore[attr-defined]
+
     def _start(self, aggregate: Any) -> None:
-        """What every entry point does first, in every process: set up the strategy and the event bus."""
-        zero = self.strategy.is_global_zero
+        """What every entry point does first, in every process: set up the strategy, the event bus and the loop's
+        run."""
+        strategy = self.strategy
+        zero = strategy.is_global_zero
         kept = [
             (callback, table)
-            for callback, table in zip(self.callbacks, self._subscriptions)
+            for callback, table in zip(self.callbacks, self._subscriptions, strict=True)
             if zero or not getattr(callback, "rank_zero_only", False)
         ]
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
-        self.strategy.configure(
+        strategy.configure(
             accumulate_grad_batches=self.accumulate_grad_batches,
             gradient_clip_val=self.gradient_clip_val,
             gradient_clip_algorithm=self.gradient_clip_algorithm,  # type: ignore[arg-type]
             on_gradients=self._on_gradients if self._bus.handlers(GradientsComputed) else None,
         )
-        self.strategy.setup(aggregate)
+        strategy.setup(aggregate)
         self._aggregate = aggregate
-        self._phase_results = {}
-
-    def _results_of(self, phase: str) -> PhaseResults:
-        results = self._phase_results.get(phase)
-        if results is None:
-            metrics = None if self.metrics is None else self.metrics.clone().to(self.strategy.root_device)
-            results = self._phase_results[phase] = PhaseResults(metrics, self.strategy.root_device)
-        return results
+        self.loop.begin(self.metrics, strategy.root_device, strategy.world_size, strategy.global_rank)
+        self.loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the one epoch counter: the aggregate's
+        self._run = Run(self, strategy, self._bus, self.loop)
 
     def _on_gradients(self, optimizer: Any) -> None:
-        progress = self.progress
+        progress = self.loop.progress
         self._bus.emit(GradientsComputed, self, self._aggregate, progress.epoch, progress.step + 1, optimizer)
 
     def _fit(self, aggregate: Any, pairs: list[tuple[str, Iterable[Any]]], ckpt_path: Any) -> None:
         if self.seed is not None:
             seed_everything(self.seed)
-        self.should_stop = self.interrupted = self._signal_set_stop = False
-        self.received_signal = self.ckpt_path = None
-        self.progress = Progress()
-        self.callback_metrics = {}
-        self._position = TrainPosition()
-        if "epoch" not in aggregate.__dict__:
-            aggregate.__dict__["epoch"] = 0  # a first value, which fires no onepoch
+        loop = self.loop
+        loop.reset()
+        self.ckpt_path = None
+        if aggregate_epoch(aggregate) is None:
+            aggregate.epoch = 0  # a first value: an Aggregate fires no onepoch for it
         self._start(aggregate)
         reason: EndReason = "exception"
         bus = self._bus
-        with StopSignals(self._on_stop_signal) as signals:
+        with StopSignals(loop.on_signal) as signals:
             try:  # whatever happens from here, the strategy is torn down (inside StopSignals, as the fit runs)
                 # a loader the strategy refuses or a checkpoint that cannot be used fails the fit before it starts:
                 # no event (and a bad checkpoint changes nothing); the loaders come first, restoring reads them
                 loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
-                self._loaders = dict(loaders)
+                loop.loaders = dict(loaders)
                 if ckpt_path is not None:
-                    self._restore(aggregate, ckpt_path)
+                    path = resolve_checkpoint_path(self, ckpt_path)
+                    if path is not None:
+                        restore(self, aggregate, path)
+                        loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
+                        self.ckpt_path = path
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
-                        reason = self._run_epochs(aggregate, loaders)
-                    self.interrupted = reason == "interrupted"
+                        reason = run_epochs(self._run, aggregate, loaders, self._limits())
+                    loop.interrupted = reason == "interrupted"
                 except KeyboardInterrupt as error:
-                    reason, self.interrupted = "interrupted", True
+                    reason, loop.interrupted = "interrupted", True
                     bus.emit(ExceptionRaised, self, aggregate, error)
                     if signals.insisted:  # a second SIGINT while stopping: the user wants out now
                         raise
@@ -447,94 +530,42 @@ class Trainer:
                 self.strategy.teardown(aggregate)
                 # the trainer sits in reference cycles; a loader it kept would live until the cyclic GC, and a
                 # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
-                self._loaders = {}
+                loop.loaders = {}
 
-    def _on_stop_signal(self, signal_number: int) -> None:
-        """``SIGTERM``/``SIGINT`` during ``fit``: stop after the current training step (see ``StopSignals``)."""
-        self.received_signal = signal_number
-        if not self.should_stop:
-            self.should_stop = self._signal_set_stop = True
-
-    def _agree_to_stop(self, deadline: float | None) -> float | None:
-        """Under several processes, agree after each training batch on whether to stop, since a signal, a clock
-        or a callback may tell one process and not the others: the strongest request wins everywhere (one small
-        all-reduce and one host read per batch, paid only by data-parallel runs).
-
-        Returns:
-            The deadline to check next, ``0.0`` when some process's ``max_time`` ran out.
-        """
-        timed_out = deadline is not None and time.monotonic() >= deadline
-        local = 3 if timed_out else 2 if self._signal_set_stop else 1 if self.should_stop else 0
-        agreed = int(self.strategy.all_reduce(torch.tensor(local, device=self.strategy.root_device), "max").item())
-        if agreed == 3:
-            return 0.0
-        if agreed and not self.should_stop:
-            self.should_stop, self._signal_set_stop = True, agreed == 2
-        return deadline
-
-    def _stop_reason(self) -> EndReason:
-        return "interrupted" if self._signal_set_stop else "stopped"
-
-    def _run_epochs(self, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]]) -> EndReason:
-        progress, bus = self.progress, self._bus
-        deadline = None if self.max_time is None else time.monotonic() + self.max_time
-        reason: EndReason | None = None
-        if self.should_stop:  # restored from a checkpoint written as the fit was stopping, or a signal came
-            return self._stop_reason()
-        if self.max_steps is not None and self.max_steps <= progress.global_step:  # 0, or restored at its limit
-            return "max_steps"
-        while self.max_epochs is None or progress.epoch < self.max_epochs:
-            epoch = progress.epoch
-            bus.emit(EpochStarted, self, aggregate, epoch)
-            flat: dict[str, float] = {}
-            for phase, loader in loaders:
-                if phase == "train":
-                    results, reason, cut_short = train_phase(self, aggregate, loader, deadline)
-                    if reason == "interrupted":  # the epoch is unfinished: a resumed fit completes it
-                        return reason
-                    bus.emit(Trained, self, aggregate, epoch, results)
-                elif cut_short or (epoch + 1) % self.check_val_every_n_epoch:
-                    continue
-                else:
-                    results = evaluate_phase(self, aggregate, loader, phase, self.limit_val_batches)
-                flat.update({f"{phase}/{name}": value for name, value in results.items()})
-            self.callback_metrics = flat
-            progress.epoch, progress.batch = epoch + 1, 0
-            try:
-                aggregate.epoch = aggregate.epoch + 1
-            except StopIteration:  # the seed's early stopping: a StopIteration committed at onepoch
-                reason = reason or "stopped"
-                self.should_stop = True  # so a checkpoint written at Iterated records the stop
-            bus.emit(Iterated, self, aggregate, epoch, flat)
-            if reason is None and self.should_stop:
-                reason = self._stop_reason()
-            if reason is not None:
-                return reason
-        return "completed"
+    def _limits(self) -> FitLimits:
+        return FitLimits(
+            max_epochs=self.max_epochs,
+            one_more_epoch=self._one_more_epoch,
+            max_steps=self.max_steps,
+            max_time=self.max_time,
+            limit_train_batches=self.limit_train_batches,
+            limit_val_batches=self.limit_val_batches,
+            check_val_every_n_epoch=self.check_val_every_n_epoch,
+        )
 
     def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str, ckpt_path: Any) -> dict[str, float]:
         method = "test" if phase == "test" else "validate"
         check.aggregate(aggregate, ("evaluate",), method)
         (_, loader), = normalize_loaders(loaders, (phase,), method)
+        if loader_length(loader) == 0:
+            warn_empty(phase, method)
         if ckpt_path is not None:
-            from torchsystem_trainer.checkpoint import load_aggregate_state, read_checkpoint, resolve_checkpoint_path
-
             path = resolve_checkpoint_path(self, ckpt_path)
             if path is None:
                 raise ValueError(f"Trainer.{method}: ckpt_path={ckpt_path!r}, but there is no checkpoint yet")
             load_aggregate_state(aggregate, read_checkpoint(path)["aggregate"], str(path))
-        return self.strategy.launch(self._run_evaluation, aggregate, loader, phase)  # a method: spawn pickles it
+        return self._launch(self._run_evaluation, aggregate, loader, phase)
 
     def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
         def run() -> dict[str, float]:
             limit = self.limit_val_batches if phase == "validation" else None
-            return evaluate_phase(self, aggregate, self.strategy.process_dataloader(loader, phase), phase, limit)
+            return evaluate_phase(self._run, aggregate, self.strategy.process_dataloader(loader, phase), phase, limit)
 
         return self._run_stage(aggregate, "validate" if phase == "validation" else "test", run)
 
     def _predict(self, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
         def run() -> list[Any]:
-            return predict_phase(self, aggregate, self.strategy.process_dataloader(loader, "predict"))
+            return predict_phase(self._run, aggregate, self.strategy.process_dataloader(loader, "predict"))
 
         return self._run_stage(aggregate, "predict", run)
 
@@ -563,19 +594,6 @@ class Trainer:
         finally:
             self.strategy.teardown(aggregate)
 
-    def _reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.strategy.all_reduce(tensor, "sum") if self.strategy.world_size > 1 else tensor
-
-    # -- persistence ------------------------------------------------------------------------------------
-
-    def _restore(self, aggregate: Any, ckpt_path: Any) -> None:
-        from torchsystem_trainer.checkpoint import resolve_checkpoint_path, restore
-
-        path = resolve_checkpoint_path(self, ckpt_path)
-        if path is not None:
-            restore(self, aggregate, path)
-            self.ckpt_path = path
-
     def _with_progress_bar(self, callbacks: list[Consumer], enabled: bool | None) -> list[Consumer]:
         has_bar = any(getattr(callback, "is_progress_bar", False) for callback in callbacks)
         if enabled is False and has_bar:
@@ -583,20 +601,42 @@ class Trainer:
         if enabled is None:
             enabled = sys.stderr.isatty()  # where tqdm draws
         if enabled and not has_bar:
-            from torchsystem_trainer.callbacks.progress_bar import ProgressBar  # the one upward import: a default
-
-            callbacks.append(ProgressBar())
+            factory = type(self).default_progress_bar
+            if factory is None:
+                raise ValueError(
+                    "enable_progress_bar=True, but no progress bar is known to the Trainer; import "
+                    "torchsystem_trainer (which provides torchsystem_trainer.callbacks.ProgressBar) or give one in "
+                    "callbacks"
+                )
+            callbacks.append(factory())
         return callbacks
 
 
-def _with_default(callbacks: list[Consumer], default: type, flag: str, enabled: bool, argument: str) -> list[Consumer]:
-    """Add a ``default()`` callback when ``enabled`` and no callback says ``flag``; refuse one given with
-    ``enabled=False``."""
+class _Outcome(NamedTuple):
+    """What a process's run hands back: ``result``, and the Trainer's outcome when it ran in another process."""
+
+    result: Any
+    state: dict[str, Any] | None
+
+
+def _is_stateful(callback: Any) -> bool:
+    return callable(getattr(callback, "state_dict", None)) and callable(getattr(callback, "load_state_dict", None))
+
+
+def _with_default(
+    callbacks: list[Consumer], factory: Callable[[], Consumer] | None, flag: str, enabled: bool, argument: str
+) -> list[Consumer]:
+    """Add ``factory()`` when ``enabled`` and no callback says ``flag``; refuse one given with ``enabled=False``."""
     if not isinstance(enabled, bool):
         raise TypeError(f"Trainer: {argument}={enabled!r} is invalid; valid: True or False")
-    given = any(getattr(callback, flag, False) for callback in callbacks)
+    given = [callback for callback in callbacks if getattr(callback, flag, False)]
     if not enabled and given:
-        raise ValueError(f"{argument}=False, but callbacks holds a {default.__name__}: remove one of them")
+        raise ValueError(f"{argument}=False, but callbacks holds a {type(given[0]).__name__}: remove one of them")
     if enabled and not given:
-        callbacks.append(default())
+        if factory is None:
+            raise ValueError(
+                f"{argument}=True, but the Trainer knows no default for it; import torchsystem_trainer (which "
+                "provides the callbacks' defaults) or pass {argument}=False"
+            )
+        callbacks.append(factory())
     return callbacks

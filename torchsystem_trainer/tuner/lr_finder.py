@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from torchsystem_trainer.callbacks import Callback
 from torchsystem_trainer.events import BatchTrained, FitEnded, FitStarted
-from torchsystem_trainer.strategies.binding import find_optimizers
+from torchsystem_trainer.strategies.optimizer_step import find_optimizers
 
 __all__ = ["LRFinder", "LRSearch", "Mode", "schedule"]
 
