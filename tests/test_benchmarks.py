@@ -1,11 +1,19 @@
 """The benchmarks' own logic: the verdict's interval, and that a variant still runs (a smoke run, not a timing)."""
 
+import importlib.util
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks.compare import _judge, bootstrap_ratio
 from benchmarks.variants import run
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_interval_holds_the_ratio_of_medians_and_widens_with_noise():
@@ -48,3 +56,49 @@ def test_the_logger_variants_train_the_same_weights(tmp_path):
     assert raw["steps"] == ours["steps"] > 0
     a, b = torch.load(tmp_path / "raw.pt", weights_only=True), torch.load(tmp_path / "trainer.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_the_gpu_benchmarks_clock_times_as_many_steps_with_a_batch_fetched_ahead():
+    from benchmarks.gpu import Clock
+
+    def steps_in_window(ahead: int) -> list[int]:
+        batches = [(torch.tensor(i), torch.tensor(i)) for i in range(8)]
+        clock = Clock(batches, start=2, end=6, device=torch.device("cpu"))
+        timed, iterator = [], iter(clock)
+        fetched = [next(iterator) for _ in range(ahead)]
+        for batch in iterator:  # as Lightning's fetcher: take the next batch before running the step on the previous
+            fetched.append(batch)
+            inputs, _ = fetched.pop(0)
+            if "start" in clock.marks and "end" not in clock.marks:
+                timed.append(int(inputs))
+        assert clock.window()[0] >= 0
+        return timed
+
+    assert steps_in_window(ahead=0) == [2, 3, 4, 5]
+    assert steps_in_window(ahead=1) == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_on_the_cpu_and_writes_its_report(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.gpu", "--device", "cpu", "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    report = json.loads((tmp_path / "gpu-benchmark.json").read_text())
+    # whether Lightning is there, without importing it here (it replaces torch.compile in this process)
+    lightning = any(importlib.util.find_spec(name) for name in ("lightning", "pytorch_lightning"))
+    variants = ["raw", "trainer"] + (["lightning"] if lightning else [])
+    assert report["environment"]["quick"] is True and report["environment"]["variants"] == variants
+    assert list(report["workloads"]) == ["resnet18", "gpt"]
+    for by_variant in report["workloads"].values():
+        assert list(by_variant) == variants
+        for info in by_variant.values():
+            assert (info["steps"], info["rounds"], info["peak_mib"]) == (1, 2, None)  # no GPU memory on the CPU
+            assert info["samples_per_s"] > 0 and info["fit_s"] > 0 and info["host_us_per_step"] > 0
+            assert info["throughput_vs_raw"]["value"] > 0 and info["max_weight_diff"] is not None
+        assert by_variant["raw"]["max_weight_diff"] == 0.0
+    claims = {(found["workload"], found["claim"]) for found in report["verdicts"]}
+    assert {("resnet18", "Trainer / raw throughput"), ("gpt", "Trainer / raw throughput")} <= claims
+    assert all(found["verdict"] == "not judged (smoke run)" for found in report["verdicts"])
+    assert len(report["samples"]) == 2 * 2 * len(variants)  # rounds x workloads x variants
+    table = (tmp_path / "gpu-benchmark.md").read_text()
+    assert "QUICK SMOKE RUN" in table and "| trainer |" in table and table in done.stdout

@@ -33,6 +33,7 @@ GUARDED = {
     ("strategies/launchers.py", "_inheriting"): "the standard library's spawn check (skipped without it)",
     ("callbacks/tensorboard.py", "_get_file_writer"): "not yet replaced (the callbacks' branch)",
     ("tuner/snapshot.py", "_iterator"): "not yet guarded (the tuner's branch)",
+    ("tracking/tracker.py", "_mapping"): "SQLAlchemy's documented public Row._mapping (underscore to avoid clashes)",
 }
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import Engine, create_engine, event, func, insert, inspect, sele
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from torchsystem_trainer.checkpoint import library_version
 from torchsystem_trainer.tracking import schema
 from torchsystem_trainer.tracking.migrations import migrate
 
@@ -40,13 +41,6 @@ class SchemaVersionError(StoreError):
 def now_ms() -> int:
     """Milliseconds since the Unix epoch (UTC): the store's time unit."""
     return time.time_ns() // 1_000_000
-
-
-def library_version() -> str:
-    """This library's version (``torchsystem_trainer.__version__``)."""
-    from torchsystem_trainer import __version__
-
-    return __version__
 
 
 def redact(url: str | URL) -> str:

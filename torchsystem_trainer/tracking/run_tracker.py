@@ -288,10 +288,7 @@ class RunTracker(Callback):
             return
         trainer = event.trainer
         epoch = _epoch(event.aggregate)  # the domain's epoch: the 0-based index of the epoch running
-        # The Trainer keeps the fit's loaders privately and no event carries them; read them without changing
-        # anything, and record the phase without a loader when the attribute is not there.
-        loaders = getattr(trainer, "_loaders", None)
-        loader = loaders.get(phase) if isinstance(loaders, dict) else None
+        loader = trainer.loop.loaders.get(phase)  # the fit's loaders as the strategy adapted them ({} outside)
         self._submit(f"{phase} results of epoch {epoch}", units.write_phase(
             self.run_id, phase, epoch, trainer.progress.step, dict(event.results),
             None if loader is None else describe_loader(loader), now_ms(),

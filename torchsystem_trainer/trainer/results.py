@@ -91,7 +91,10 @@ class PhaseResults:
 
     def _fold(self) -> None:
         losses = torch.stack(self.losses).float()
-        sizes = torch.tensor(self.sizes, dtype=losses.dtype, device=losses.device)
+        sizes = torch.tensor(self.sizes, dtype=losses.dtype)
+        if losses.is_cuda:  # a copy from pinned memory is asynchronous: no host-device sync every _FOLD batches
+            sizes = sizes.pin_memory()
+        sizes = sizes.to(losses.device, non_blocking=True)
         folded = torch.dot(losses, sizes)
         self.total = folded if self.total is None else self.total + folded
         self.losses.clear()
@@ -194,7 +197,7 @@ class PhaseResults:
         for tensor in (*self.losses, self.total):
             if tensor is not None:
                 return tensor.device
-        return torch.device("cpu")
+        return self.device  # a fresh phase's (a resumed run's on a GPU: the saved losses go there, not to the CPU)
 
     def reset(self) -> None:
         """Forget everything, for the next epoch."""
