@@ -147,7 +147,8 @@ class LearningRateMonitor(Callback):
         writers = [
             c.writer for c in trainer.callbacks if isinstance(c, TensorBoardLogger) and c.writer is not None
         ]
-        for group, key in zip(optimizer.param_groups, keys):
+        # groups added after the fit started (add_param_group) have no key yet and are not recorded
+        for group, key in zip(optimizer.param_groups, keys, strict=False):
             values = {key: float(group["lr"])}
             self.lrs[key].append(values[key])
             if self.log_momentum:
