@@ -97,7 +97,7 @@ def hyperparameters(aggregate: Any, trainer: Any = None) -> dict[str, HParam]:
 def _identity(aggregate: Any) -> str | None:
     try:
         identity = aggregate.id
-    except Exception:  # noqa: BLE001 (not initialized, unregistered parts, a user's property that fails)
+    except Exception:  # not initialized, unregistered parts, a user's property that fails
         return None
     return None if identity is None else str(identity)
 

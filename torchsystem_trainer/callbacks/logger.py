@@ -257,7 +257,7 @@ class Logger(Callback, ABC):
             return
         try:  # already warned: only give it the chance to close its files
             self.finalize(status)
-        except Exception:  # noqa: BLE001, S110 (the first error was reported; later ones add nothing)
+        except Exception:  # the first error was reported; later ones add nothing
             pass
 
     def _guard(self, call: Callable[[], None], name: str) -> None:
@@ -266,7 +266,7 @@ class Logger(Callback, ABC):
             return
         try:
             call()
-        except Exception as error:  # noqa: BLE001 (a logger must never stop the fit)
+        except Exception as error:  # a logger must never stop the fit
             self.failed = error
             warnings.warn(
                 f"{type(self).__name__}.{name} raised {error!r}; this logger writes nothing more in this run "

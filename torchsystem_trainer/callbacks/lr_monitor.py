@@ -146,7 +146,8 @@ class LearningRateMonitor(Callback):
 
     def _record(self, trainer: Any, optimizer: Optimizer, keys: list[str], step: int) -> None:
         loggers = [callback for callback in trainer.callbacks if isinstance(callback, Logger)]
-        for group, key in zip(optimizer.param_groups, keys):
+        # groups added after the fit started (add_param_group) have no key yet and are not recorded
+        for group, key in zip(optimizer.param_groups, keys, strict=False):
             values = {key: float(group["lr"])}
             self.lrs[key].append(values[key])
             if self.log_momentum:

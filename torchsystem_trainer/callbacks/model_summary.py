@@ -85,7 +85,7 @@ def summarize(aggregate: nn.Module, max_depth: int = 1) -> str:
     header = ("", "Name", "Type", "Params", "Trainable", "Size (MB)")
     cells = [header] + [(i, n, t, human_count(p), human_count(tr), f"{s / 1e6:.3f}") for i, n, t, p, tr, s in rows]
     widths = [max(len(row[column]) for row in cells) for column in range(len(header))]
-    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
     rule = "-" * max(len(line) for line in lines)
     identity = _identity(aggregate)
     title = f"{type(aggregate).__name__} (registry name {getname(aggregate)}, id {identity})"
@@ -142,7 +142,7 @@ def _counts(parameters: Any) -> tuple[int, int, int]:
 def _identity(aggregate: Any) -> str:
     try:
         identity = aggregate.id
-    except Exception:  # noqa: BLE001 (not initialized, unregistered parts, a user's property that fails)
+    except Exception:  # not initialized, unregistered parts, a user's property that fails
         return "not set"
     return "not set" if identity is None else str(identity)
 

@@ -27,8 +27,8 @@ __all__ = [
 
 LIGHTNING_ONLY: dict[str, str] = {
     "accelerator": "strategy='cpu', 'cuda' or 'mps' (or DDPStrategy(accelerator=...))",
-    "devices": "strategy=DDPStrategy(devices=...) for one process per device, or strategy=SingleDeviceStrategy('cuda:1') "
-    "for one device",
+    "devices": "strategy=DDPStrategy(devices=...) for one process per device, or "
+    "strategy=SingleDeviceStrategy('cuda:1') for one device",
     "num_nodes": "start every node with torchrun --nnodes=N and give strategy='ddp' (docs/distributed.md)",
     "logger": "callbacks=[TensorBoardLogger(...), CSVLogger(...)]: loggers are callbacks here",
     "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(log_every_n_steps=...) in callbacks",

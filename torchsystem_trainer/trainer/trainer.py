@@ -136,7 +136,8 @@ class Trainer:
         **unknown: Any,
     ) -> None:
         if unknown:
-            check.unknown_keywords(unknown, [name for name in inspect.signature(Trainer).parameters if name != "unknown"])
+            valid = [name for name in inspect.signature(Trainer).parameters if name != "unknown"]
+            check.unknown_keywords(unknown, valid)
         self.max_epochs = check.non_negative_int("max_epochs", max_epochs)
         self.max_steps = check.non_negative_int("max_steps", max_steps)
         self.max_time = check.seconds("max_time", max_time)
