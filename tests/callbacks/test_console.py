@@ -138,14 +138,14 @@ def test_epoch_lines_can_be_forced_either_way(capfd, epochs, printed):
 def test_trainer_ckpt_path_is_the_file_a_fit_resumed_from(tmp_path):
     from torchsystem_trainer.callbacks import ModelCheckpoint
 
-    def trainer() -> Trainer:
-        return Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=2,
+    def trainer(epochs: int) -> Trainer:
+        return Trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=epochs,
                        enable_progress_bar=False, verbose=False, enable_model_summary=False)
 
-    first = trainer()
+    first = trainer(1)
     first.fit(Classifier(), make_data(), ckpt_path="last")  # nothing to resume from yet
     assert first.ckpt_path is None
-    second = trainer()
+    second = trainer(2)
     second.fit(Classifier(), make_data(), ckpt_path="last")
     assert second.ckpt_path == tmp_path / "last.ckpt"
     second.fit(Classifier(), make_data())
@@ -171,3 +171,13 @@ def test_format_results_groups_by_phase():
 )
 def test_format_number(value, text):
     assert format_number(value) == text
+
+
+def test_a_fit_that_starts_at_the_aggregates_epoch_says_so(capfd):
+    torch.manual_seed(0)
+    aggregate = Classifier()
+    aggregate.epoch = 2  # as the seed's compilation step sets it from a store
+    Trainer(max_epochs=3, enable_progress_bar=False, enable_model_summary=False).fit(aggregate, make_data())
+    lines = capfd.readouterr().err.splitlines()
+    assert lines[0] == "Continuing Classifier at epoch 2/3, step 0"
+    assert lines[1].startswith("epoch 3/3, step 4: train loss=") and lines[2].startswith("Fit completed at epoch 3/3")
