@@ -248,3 +248,33 @@ def test_weights_only_checkpoints_are_one_file_and_save_checkpoint_writes_a_fold
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the one-process group of the fit is still there: no new one, no warning
         trainer.validate(aggregate, loaders()[1][1])
+
+
+class Seen(Net):
+    """Records the dtype of its network's output."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        outputs = super().forward(inputs)
+        self.dtypes = {*getattr(self, "dtypes", set()), outputs.dtype}
+        return outputs
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_computes_in_half_and_keeps_float32_shards(precision):
+    torch.manual_seed(0)
+    aggregate = Seen()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 16-mixed on the CPU warns
+        strategy = FSDPStrategy(devices=1, precision=precision)
+    Trainer(strategy=strategy, max_epochs=1, gradient_clip_val=1.0, enable_progress_bar=False).fit(aggregate, loaders())
+    assert aggregate.dtypes == {torch.bfloat16 if precision == "bf16-mixed" else torch.float16}
+    assert all(p.dtype == torch.float32 for p in aggregate.parameters())
+    assert all(torch.isfinite(value).all() for value in full(aggregate).values())
+
+
+def test_last_only_is_written_by_every_process_and_no_exception_checkpoint_is(tmp_path):
+    folder = tmp_path / "checkpoints"
+    with pytest.warns(UserWarning, match="on_exception.ckpt' is not written: a sharded checkpoint needs every process"):
+        fit(FSDPStrategy(devices=1), folder, crash=7, save_top_k=0, save_on_exception=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt"]
+    assert read_sharded(folder / "last.ckpt")["loop"]["progress"]["global_step"] == 6

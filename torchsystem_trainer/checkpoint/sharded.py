@@ -336,6 +336,8 @@ def restore_sharded(trainer: TrainerState, aggregate: Module, folder: str | os.P
         elif path[:2] == ["aggregate", "optimizers"] and len(path) == 6 and path[2] in optimizers:
             params = [p for group in optimizers[path[2]].param_groups for p in group["params"]]
             like = params[path[4]] if isinstance(path[4], int) and path[4] < len(params) else None
+        elif isinstance(path[-1], str):  # a copy of the weights a callback keeps (EMA, SWA, the best weights)
+            like = modules.get(path[-1])
         if isinstance(like, DTensor) and list(like.shape) == shape:
             return torch.empty_like(like, dtype=dtype)  # sharded as the aggregate is now: DCP reshards
         return torch.empty(shape, dtype=dtype)
