@@ -102,10 +102,12 @@ if TYPE_CHECKING:
     from torchsystem_trainer.domain import Aggregate
 
 __all__ = [
+    "EVENTS",
     "BatchPredicted",
     "BatchTested",
     "BatchTrained",
     "BatchValidated",
+    "EndReason",
     "EpochStarted",
     "ExceptionRaised",
     "FitEnded",
@@ -115,15 +117,13 @@ __all__ = [
     "Metric",
     "PhaseStarted",
     "Predicted",
+    "Stage",
+    "StageEndReason",
     "StageEnded",
     "StageStarted",
     "Tested",
     "Trained",
     "Validated",
-    "EVENTS",
-    "EndReason",
-    "Stage",
-    "StageEndReason",
 ]
 
 EndReason = Literal["completed", "max_steps", "max_time", "stopped", "interrupted", "exception"]

@@ -68,9 +68,9 @@ class Stager:
             return type(value)((key, self._copy(item, (*path, key), seen, asynchronous)) for key, item in value.items())
         if isinstance(value, list):
             return [self._copy(item, (*path, index), seen, asynchronous) for index, item in enumerate(value)]
-        if isinstance(value, tuple):
+        if isinstance(value, tuple) and not isinstance(value, torch.Size):
             items = [self._copy(item, (*path, index), seen, asynchronous) for index, item in enumerate(value)]
-            return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+            return tuple(items) if type(value) is tuple else type(value)(*items)  # a named tuple: by position
         return value
 
     def _copy_tensor(

@@ -27,13 +27,12 @@ __all__ = [
 
 LIGHTNING_ONLY: dict[str, str] = {
     "accelerator": "strategy='cpu', 'cuda' or 'mps' (or DDPStrategy(accelerator=...))",
-    "devices": "strategy=DDPStrategy(devices=...) for one process per device, or strategy=SingleDeviceStrategy('cuda:1') "
-    "for one device",
+    "devices": "strategy=DDPStrategy(devices=...) for one process per device, or "
+    "strategy=SingleDeviceStrategy('cuda:1') for one device",
     "num_nodes": "start every node with torchrun --nnodes=N and give strategy='ddp' (docs/distributed.md)",
-    "logger": "callbacks=[TensorBoardLogger(...)]: loggers are callbacks here",
-    "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(...) in callbacks",
+    "logger": "callbacks=[TensorBoardLogger(...), CSVLogger(...)]: loggers are callbacks here",
+    "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(log_every_n_steps=...) in callbacks",
     "enable_checkpointing": "nothing: checkpoints are written only by a ModelCheckpoint in callbacks=[...]",
-    "enable_model_summary": "not available yet: print(aggregate) shows the modules",
     "val_check_interval": "check_val_every_n_epoch=n (validation at the end of every n-th epoch); mid-epoch validation "
     "is not available yet",
     "num_sanity_val_steps": "not available yet: trainer.validate(aggregate, loader) with limit_val_batches=2 before "
@@ -52,7 +51,8 @@ LIGHTNING_ONLY: dict[str, str] = {
     "inference_mode": "nothing: evaluation always runs under torch.inference_mode()",
     "plugins": "strategy=... and precision=...",
     "overfit_batches": "limit_train_batches=n, giving the training loader as the validation loader too",
-    "barebones": "Trainer(enable_progress_bar=False) with no callbacks: the Trainer adds nothing else",
+    "barebones": "Trainer(enable_progress_bar=False, enable_model_summary=False, verbose=False) with no callbacks: "
+    "the Trainer adds nothing else",
 }
 """Lightning ``Trainer`` keywords this Trainer does not take, each with what to write instead."""
 

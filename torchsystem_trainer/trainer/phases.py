@@ -202,7 +202,7 @@ def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, 
     listeners = bus.handlers(batch_event)
     wants_targets = results.metrics is not None or bool(listeners)
     read_targets = targets_reader(aggregate, results.metrics is not None, phase)
-    with torch.inference_mode(), strategy.forward_context():
+    with torch.inference_mode(), strategy.evaluation_context():
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
                 break
@@ -227,7 +227,7 @@ def predict_phase(run: Run, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
     bus.emit(PhaseStarted, source, aggregate, run.loop.progress.epoch, "predict", _length(loader))
     predict: Callable[[Any], Any] | None = getattr(aggregate, "predict", None)
     predictions: list[Any] = []
-    with torch.inference_mode(), run.strategy.forward_context():
+    with torch.inference_mode(), run.strategy.evaluation_context():
         for index, batch in enumerate(loader):
             batch = to_device(batch)
             output = predict(batch) if predict is not None else aggregate(_inputs_of(batch))

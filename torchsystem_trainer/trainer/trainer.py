@@ -25,6 +25,13 @@ from torchsystem_trainer.checkpoint import (
     resolve_checkpoint_path,
     restore,
 )
+from torchsystem_trainer.checkpoint.sharded import (
+    is_sharded_checkpoint,
+    read_consolidated,
+    restore_sharded,
+    save_sharded,
+    sharded_checkpoint_state,
+)
 from torchsystem_trainer.events import (
     EndReason,
     ExceptionRaised,
@@ -67,12 +74,11 @@ class Trainer:
     Args:
         callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
             (``ModelCheckpoint``) run after all others but those that declare ``runs_after_checkpoints = True``
-            (``SLURMRequeue``, which requeues a job once its checkpoint is written), which run last: ``Callback``
-            subclasses, or any ``Consumer`` (seed style,
-            handlers with ``Depends``). Checked here: a ``Callback`` method that looks
-            like a hook (``on_...``) but matches no event raises.
+            (``ConsoleLines``; ``SLURMRequeue``, which requeues a job once its checkpoint is written), which run
+            last: ``Callback`` subclasses, or any ``Consumer`` (seed style, handlers with ``Depends``). Checked here:
+            a ``Callback`` method that looks like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
-            ``"cuda"``, ``"mps"``, ``"ddp"``.
+            ``"cuda"``, ``"mps"``, ``"ddp"``, ``"fsdp"``.
         max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``.
         max_steps: stop after this many optimizer steps (>= 0); with gradient accumulation a step spans
             ``accumulate_grad_batches`` batches.
@@ -87,8 +93,11 @@ class Trainer:
         limit_train_batches, limit_val_batches: run at most this many batches per epoch (an ``int``), or this
             fraction of the loader (a ``float`` in ``[0, 1]``).
         fast_dev_run: ``True`` (or n): one more epoch of 1 (or n) training and validation batches, to smoke-test a
-            set-up; ``ModelCheckpoint`` and ``TensorBoardLogger`` write nothing then.
+            set-up; ``ModelCheckpoint`` and the loggers write nothing then.
         enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
+        enable_model_summary: add a ``ModelSummary`` (a table of the aggregate's modules at each fit's start).
+        verbose: add ``ConsoleLines``: a line per epoch when no progress bar draws, and lines for how a fit
+            resumes and ends and where its files went (on stderr); ``False`` prints none of them.
         default_root_dir: where callbacks put files when not told otherwise (default ``./runs``).
         seed: seed Python, NumPy and torch at the start of every ``fit`` (see ``seed_everything``).
         deterministic: use deterministic algorithms during ``fit`` (``torch.use_deterministic_algorithms``).
@@ -105,6 +114,10 @@ class Trainer:
     default_progress_bar: ClassVar[Callable[[], Consumer] | None] = None
     """Builds the progress bar ``enable_progress_bar`` adds: ``torchsystem_trainer.callbacks.ProgressBar``, set by
     the package's ``__init__`` (the composition root), so this layer imports no callback."""
+    default_model_summary: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the ``ModelSummary`` ``enable_model_summary`` adds; set by the package's ``__init__`` likewise."""
+    default_console: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the ``ConsoleLines`` ``verbose`` adds; set by the package's ``__init__`` likewise."""
 
     def __init__(
         self,
@@ -122,6 +135,8 @@ class Trainer:
         limit_val_batches: int | float | None = None,
         fast_dev_run: bool | int = False,
         enable_progress_bar: bool | None = None,
+        enable_model_summary: bool = True,
+        verbose: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         deterministic: bool = False,
@@ -129,7 +144,8 @@ class Trainer:
         **unknown: Any,
     ) -> None:
         if unknown:
-            check.unknown_keywords(unknown, [name for name in inspect.signature(Trainer).parameters if name != "unknown"])
+            valid = [name for name in inspect.signature(Trainer).parameters if name != "unknown"]
+            check.unknown_keywords(unknown, valid)
         self.max_epochs = check.non_negative_int("max_epochs", max_epochs)
         self.max_steps = check.non_negative_int("max_steps", max_steps)
         self.max_time = check.seconds("max_time", max_time)
@@ -152,12 +168,23 @@ class Trainer:
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
         callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
-        # Checkpoint callbacks run after the others, so the state they save includes every other callback's update of
-        # the same event (Lightning does the same; its issue #1464); those that act on the files written run last.
-        self.callbacks: list[Consumer] = sorted(callbacks, key=_dispatch_order)
+        summary, console = type(self).default_model_summary, type(self).default_console
+        callbacks = _with_default(callbacks, summary, "is_model_summary", enable_model_summary, "enable_model_summary")
+        callbacks = _with_default(callbacks, console, "is_console_lines", verbose, "verbose")
+        # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
+        # same event (Lightning does the same; its issue #1464); only callbacks that report on them (ConsoleLines)
+        # run after them.
+        self.callbacks: list[Consumer] = sorted(
+            callbacks,
+            key=lambda c: (
+                bool(getattr(c, "runs_after_checkpoints", False)),
+                _is_checkpointer(c),
+            ),
+        )
         self._subscriptions = check.subscriptions(self.callbacks)
 
         self.loop = LoopState()
+        self.ckpt_path: Path | None = None  # the checkpoint the last fit resumed from (Lightning's ckpt_path)
         self._bus = EventBus([], [])
         self._run = Run(self, self.strategy, self._bus, self.loop)
 
@@ -369,7 +396,11 @@ class Trainer:
         """Write a checkpoint of ``aggregate`` and this trainer now, atomically, as ``ModelCheckpoint`` does
         (Lightning's ``Trainer.save_checkpoint``): the whole state of ``checkpoint_state`` (resumable with
         ``fit(ckpt_path=filepath)``), or with ``weights_only`` the weights alone (``weights_state``: for
-        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only.
+        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only; under a
+        strategy with sharded checkpoints (``FSDPStrategy``) every process must call it: the whole state is then a
+        ``torch.distributed.checkpoint`` folder at ``filepath`` each process writes its shard of
+        (:mod:`~torchsystem_trainer.checkpoint.sharded`), and the weights-only file holds the weights gathered to
+        rank 0.
 
         Args:
             filepath: the file; its folder is created when missing.
@@ -393,7 +424,13 @@ class Trainer:
                 "Trainer.save_checkpoint: aggregate=None and this trainer has run no aggregate in this process; "
                 "pass aggregate="
             )
-        state = weights_state(target, self.callbacks) if weights_only else checkpoint_state(self, target)
+        if self.strategy.sharded_checkpoints and not weights_only:
+            return save_sharded(sharded_checkpoint_state(self, target), filepath)
+        if weights_only:
+            gathered = self.strategy.aggregate_state(target)["modules"] if self.strategy.sharded_checkpoints else None
+            state = weights_state(target, self.callbacks, modules=gathered)
+        else:
+            state = checkpoint_state(self, target)
         if self.strategy.is_global_zero:
             save_atomic(state, filepath)
         return Path(filepath)
@@ -448,10 +485,11 @@ class Trainer:
         run."""
         strategy = self.strategy
         zero = strategy.is_global_zero
+        sharded = strategy.sharded_checkpoints  # every process writes its shard: checkpoint callbacks run everywhere
         kept = [
             (callback, table)
             for callback, table in zip(self.callbacks, self._subscriptions, strict=True)
-            if zero or not getattr(callback, "rank_zero_only", False)
+            if zero or not getattr(callback, "rank_zero_only", False) or (sharded and _is_checkpointer(callback))
         ]
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
         strategy.configure(
@@ -475,6 +513,7 @@ class Trainer:
             seed_everything(self.seed)
         loop = self.loop
         loop.reset()
+        self.ckpt_path = None
         if aggregate_epoch(aggregate) is None:
             aggregate.epoch = 0  # a first value: an Aggregate fires no onepoch for it
         self._start(aggregate)
@@ -489,8 +528,9 @@ class Trainer:
                 if ckpt_path is not None:
                     path = resolve_checkpoint_path(self, ckpt_path)
                     if path is not None:
-                        restore(self, aggregate, path)
+                        (restore_sharded if is_sharded_checkpoint(path) else restore)(self, aggregate, path)
                         loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
+                        self.ckpt_path = path
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
@@ -533,7 +573,8 @@ class Trainer:
             path = resolve_checkpoint_path(self, ckpt_path)
             if path is None:
                 raise ValueError(f"Trainer.{method}: ckpt_path={ckpt_path!r}, but there is no checkpoint yet")
-            load_aggregate_state(aggregate, read_checkpoint(path)["aggregate"], str(path))
+            saved = read_consolidated(path, weights_only=True) if is_sharded_checkpoint(path) else read_checkpoint(path)
+            load_aggregate_state(aggregate, saved["aggregate"], str(path))
         return self._launch(self._run_evaluation, aggregate, loader, phase)
 
     def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
@@ -599,12 +640,29 @@ class _Outcome(NamedTuple):
     state: dict[str, Any] | None
 
 
-def _dispatch_order(callback: Any) -> int:
-    """0: a callback; 1: a checkpoint callback (it has ``checkpoint_path``); 2: one that ``runs_after_checkpoints``."""
-    if getattr(callback, "runs_after_checkpoints", False) is True:
-        return 2
-    return int(callable(getattr(callback, "checkpoint_path", None)))
+def _is_checkpointer(callback: Any) -> bool:
+    """Whether ``callback`` writes checkpoints (it finds them for ``ckpt_path="last"``: ``ModelCheckpoint``)."""
+    return callable(getattr(callback, "checkpoint_path", None))
 
 
 def _is_stateful(callback: Any) -> bool:
     return callable(getattr(callback, "state_dict", None)) and callable(getattr(callback, "load_state_dict", None))
+
+
+def _with_default(
+    callbacks: list[Consumer], factory: Callable[[], Consumer] | None, flag: str, enabled: bool, argument: str
+) -> list[Consumer]:
+    """Add ``factory()`` when ``enabled`` and no callback says ``flag``; refuse one given with ``enabled=False``."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"Trainer: {argument}={enabled!r} is invalid; valid: True or False")
+    given = [callback for callback in callbacks if getattr(callback, flag, False)]
+    if not enabled and given:
+        raise ValueError(f"{argument}=False, but callbacks holds a {type(given[0]).__name__}: remove one of them")
+    if enabled and not given:
+        if factory is None:
+            raise ValueError(
+                f"{argument}=True, but the Trainer knows no default for it; import torchsystem_trainer (which "
+                "provides the callbacks' defaults) or pass {argument}=False"
+            )
+        callbacks.append(factory())
+    return callbacks
