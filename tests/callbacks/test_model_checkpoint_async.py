@@ -287,3 +287,53 @@ def test_save_atomic_writes_crcs_when_the_user_switched_them_off(tmp_path):
         torch.serialization.set_crc32_options(True)
     with zipfile.ZipFile(tmp_path / "x.pt") as archive:
         assert all(info.CRC != 0 for info in archive.infolist() if info.file_size > 0)
+
+
+def test_sharded_checkpoints_are_staged_and_written_in_the_background_as_synchronous_ones(tmp_path, monkeypatch):
+    """FSDP (one process): each sharded folder is written by the writer thread on a process group of its own, after
+    the training thread moved on, and holds what the synchronous run's folder of that name holds."""
+    from tests.strategies.test_fsdp import Net, full, loaders
+    from torchsystem_trainer.callbacks import model_checkpoint as model_checkpoint_module
+    from torchsystem_trainer.checkpoint.sharded import read_consolidated
+    from torchsystem_trainer.strategies import FSDPStrategy
+
+    def fsdp_fit(folder: Path, async_save: bool, callbacks: list[Any]) -> Net:
+        torch.manual_seed(0)
+        aggregate = Net()
+        checkpoint = ModelCheckpoint(folder, every_n_steps=3, save_top_k=-1, save_last=True, async_save=async_save)
+        trainer = Trainer(
+            strategy=FSDPStrategy(devices=1),
+            max_epochs=2,
+            seed=7,
+            callbacks=[*callbacks, checkpoint],
+            enable_progress_bar=False,
+        )
+        trainer.fit(aggregate, loaders())
+        return aggregate
+
+    synchronous = fsdp_fit(tmp_path / "sync", False, [])
+    gate, real = Gate(), model_checkpoint_module.save_sharded
+    groups: list[Any] = []
+
+    def gated(state: Any, folder: Any, process_group: Any = None) -> Any:
+        assert threading.current_thread() is not threading.main_thread()
+        groups.append(process_group)
+        gate.hold(state.plain["loop"]["progress"]["global_step"])
+        try:
+            return real(state, folder, process_group=process_group)
+        finally:
+            gate.release()
+
+    monkeypatch.setattr(model_checkpoint_module, "save_sharded", gated)
+    background = fsdp_fit(tmp_path / "async", True, [gate])
+    assert len(groups) == 5 and all(group is not None for group in groups)  # steps 3, 6, 9, 12, 15; not the default
+    assert gate.writes == [0] * 5
+    names = sorted(path.name for path in (tmp_path / "sync").iterdir())
+    assert names == sorted(path.name for path in (tmp_path / "async").iterdir()) and "last.ckpt" in names
+    for name in names:
+        want, got = (read_consolidated(tmp_path / kind / name) for kind in ("sync", "async"))
+        assert_same_state(got, want)
+    assert_same_state(
+        {"aggregate": full(background), "loop": {}, "strategy": {}, "rng": {}},
+        {"aggregate": full(synchronous), "loop": {}, "strategy": {}, "rng": {}},
+    )

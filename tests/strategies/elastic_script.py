@@ -19,7 +19,8 @@ order holds across restarts and across agents, whose restart counts differ):
   other rank's have reported the stall (an event, not a sleep), then goes on.
 
 Each attempt appends ``restart=<TORCHELASTIC_RESTART_COUNT> rank=<RANK> group=<GROUP_RANK>`` to ``out/attempts.log``;
-at the end every rank writes ``out/rank-<RANK>.pt`` (its weights and counters).
+at the end every rank writes ``out/rank-<RANK>.pt`` (its weights and counters; under FSDP the full weights are gathered
+to rank 0, and the other ranks' files hold none).
 """
 
 from __future__ import annotations
@@ -43,16 +44,19 @@ from tests.checkpoint.train_script import CLASSES, FEATURES, Augmented, Net, _ki
 from torchsystem_trainer import Trainer
 from torchsystem_trainer.callbacks import Callback, ModelCheckpoint
 from torchsystem_trainer.checkpoint import save_atomic
-from torchsystem_trainer.strategies import DDPStrategy, Strategy
+from torchsystem_trainer.strategies import DDPStrategy, FSDPStrategy, Strategy
 
 SAMPLES, BATCH, EPOCHS = 64, 4, 3  # 8 batches per rank and epoch on 2 processes: 24 steps
 
 
 def make_strategy(name: str, config: dict[str, Any]) -> Strategy:
-    """The strategy under test, by name (add ``"fsdp"`` here once ``FSDPStrategy`` exists)."""
+    """The strategy under test, by name."""
+    options = {"timeout": float(config.get("timeout", 60)), "collective_warning": config.get("watchdog")}
     if name == "ddp":
-        return DDPStrategy(timeout=float(config.get("timeout", 60)), collective_warning=config.get("watchdog"))
-    raise ValueError(f"elastic_script: strategy={name!r} is unknown; valid: 'ddp'")
+        return DDPStrategy(**options)
+    if name == "fsdp":
+        return FSDPStrategy(**options)
+    raise ValueError(f"elastic_script: strategy={name!r} is unknown; valid: 'ddp', 'fsdp'")
 
 
 def loaders() -> list[tuple[str, Any]]:
@@ -152,8 +156,10 @@ def main(config: dict[str, Any]) -> None:
         enable_progress_bar=False,
     )
     trainer.fit(aggregate, loaders(), ckpt_path="last")
+    sharded = isinstance(trainer.strategy, FSDPStrategy)  # gathered to rank 0 (every rank takes part), plain tensors
+    weights = trainer.strategy.aggregate_state(aggregate)["modules"] if sharded else aggregate.state_dict()
     result = {
-        "weights": aggregate.state_dict(),
+        "weights": weights,
         "epoch": trainer.progress.epoch,
         "global_step": trainer.progress.global_step,
         "world_size": trainer.world_size,

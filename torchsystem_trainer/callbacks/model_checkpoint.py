@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import torch.distributed as dist
 from typing_extensions import override
 
 from torchsystem_trainer.callbacks.callback import Callback
@@ -170,6 +171,7 @@ class ModelCheckpoint(Callback):
         self.async_save = bool(async_save)
         self._writer: AsyncWriter | None = None  # built when a fit starts (threads do not pickle to new processes)
         self._stager: Stager | None = None
+        self._group: Any = None  # the process group of sharded background writes
         self._dirpath_argument = None if dirpath is None else Path(dirpath)
         self.dirpath: Path | None = self._dirpath_argument
         self._owner = owner if monitor is None else f"{owner}(monitor={monitor!r})"
@@ -194,6 +196,9 @@ class ModelCheckpoint(Callback):
         self._fitting, self._checks, self._raised = True, 0, False
         if self.async_save:
             self._writer, self._stager = AsyncWriter(), Stager()
+            if _collective(trainer) and dist.is_available() and dist.is_initialized():
+                # the background writes' collectives: a group of their own (every process builds it, in order)
+                self._group = dist.new_group(backend="gloo", timeout=getattr(trainer.strategy, "timeout", None))
         if self._loaded is not None:
             self._reconcile(self._loaded)
             self._loaded = None
@@ -365,6 +370,10 @@ class ModelCheckpoint(Callback):
         saved = (self._last_global_step_saved, self._last_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
+        if collective and self._writer is not None and not self.save_weights_only:
+            self._submit_sharded(trainer, aggregate, path, last if self.save_last else None, evicted, previous, saved)
+            self._last_global_step_saved, self._last_path = step, path
+            return
         if collective:
             try:
                 self._write_collectively(trainer, aggregate, path, last if self.save_last else None)
@@ -408,6 +417,44 @@ class ModelCheckpoint(Callback):
                 if old != path:
                     _remove(Path(old))
 
+    def _submit_sharded(
+        self,
+        trainer: Any,
+        aggregate: Any,
+        path: str | None,
+        last: Path | None,
+        evicted: list[str],
+        previous: tuple[Any, ...],
+        saved: tuple[int, str | None],
+    ) -> None:
+        """Stage this process's part of a sharded checkpoint (``DTensor`` shards by DCP's stager) and write it in the
+        background, every process together on a process group of the writers' own (DCP's ``async_save`` does the
+        same; collectives of two threads on one group would interleave): the folder at ``path``, ``last`` linked by
+        rank 0, then rank 0 deletes what left the top ``k``."""
+        assert self._writer is not None and self._stager is not None
+        staged = self._stager.stage_sharded(sharded_checkpoint_state(trainer, aggregate))
+        zero, group = trainer.is_global_zero, self._group
+        written = {"top_k": False}
+
+        def write() -> None:
+            if path is not None:
+                save_sharded(staged, path, process_group=group)
+            written["top_k"] = True
+            if last is not None:
+                if path is None:
+                    save_sharded(staged, last, process_group=group)
+                else:
+                    if zero:
+                        copy_sharded(path, last)
+                    if group is not None:
+                        dist.barrier(group=group)
+            if zero:
+                for old in evicted:
+                    if old != path:
+                        _remove(Path(old))
+
+        self._writer.submit(path or str(last), write, on_error=functools.partial(self._undo, previous, saved, written))
+
     def _undo(
         self,
         previous: tuple[Any, ...],
@@ -437,6 +484,9 @@ class ModelCheckpoint(Callback):
         if self._stager is not None:
             self._stager.clear()
         self._stager = None
+        if self._group is not None:
+            dist.destroy_process_group(self._group)
+        self._group = None
 
     def _write_collectively(self, trainer: Any, aggregate: Any, path: str | None, last: Path | None) -> None:
         """Write the checkpoint at ``path`` (if any) and ``last`` (if any), every process together: a sharded

@@ -7,6 +7,10 @@ can be: the buffers of the previous copy are reused when the tensors' shapes and
 allocation of hundreds of megabytes costs as much again in page faults as the copy itself), tensors on a GPU are
 copied into pinned memory without blocking and synchronised once at the end, and a tensor that appears twice (tied
 weights) is copied once.
+
+A sharded checkpoint (:class:`~torchsystem_trainer.checkpoint.sharded.ShardedCheckpoint`, FSDP's) is staged the same
+way, its ``DTensor`` shards by ``torch.distributed.checkpoint``'s own stager (``DefaultStager``, the one its
+``async_save`` uses: it keeps each ``DTensor``'s placement and caches its buffers between checkpoints too).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from torchsystem_trainer.checkpoint.sharded import ShardedCheckpoint
 
 __all__ = ["Stager"]
 
@@ -36,6 +42,7 @@ class Stager:
         self.reuse = reuse
         self.staged_bytes = 0
         self._buffers: dict[tuple[Any, ...], Tensor] = {}
+        self._shard_stager: Any = None  # torch.distributed.checkpoint's DefaultStager, built at the first use
 
     def stage(self, state: Any) -> Any:
         """A copy of ``state`` whose tensors are in CPU memory of this stager's own.
@@ -57,9 +64,36 @@ class Stager:
             self._buffers = {}
         return copy
 
+    def stage_sharded(self, state: ShardedCheckpoint) -> ShardedCheckpoint:
+        """A copy of one process's part of a sharded checkpoint in CPU memory: its plain part as :meth:`stage`
+        copies a state, its ``DTensor`` shards by ``torch.distributed.checkpoint``'s ``DefaultStager`` (synchronous
+        staging; pinned memory and non-blocking copies where there is an accelerator).
+
+        Returns:
+            A :class:`ShardedCheckpoint` of copies (valid until the next staging).
+        """
+        if self._shard_stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            accelerated = torch.cuda.is_available()
+            options = StagingOptions(
+                use_pinned_memory=accelerated,
+                use_shared_memory=False,
+                use_async_staging=False,
+                use_non_blocking_copy=accelerated,
+            )
+            self._shard_stager = DefaultStager(options)
+        plain = self.stage(state.plain)
+        shards = self._shard_stager.stage(state.shards)
+        self.staged_bytes += sum(_local_bytes(tensor) for tensor in shards.values())
+        return ShardedCheckpoint(plain, shards, state.rank, state.world_size)
+
     def clear(self) -> None:
         """Release the buffers."""
         self._buffers = {}
+        if self._shard_stager is not None:
+            self._shard_stager.close()
+        self._shard_stager = None
 
     def _copy(self, value: Any, path: tuple[Any, ...], seen: dict[int, Tensor], asynchronous: list[bool]) -> Any:
         if isinstance(value, Tensor):
@@ -94,3 +128,10 @@ class Stager:
         seen[id(tensor)] = copy
         self.staged_bytes += copy.numel() * copy.element_size()
         return copy
+
+
+def _local_bytes(tensor: Tensor) -> int:
+    """The bytes this process holds of ``tensor`` (a ``DTensor``'s local shard, else the tensor)."""
+    to_local = getattr(tensor, "to_local", None)
+    local: Tensor = to_local() if callable(to_local) else tensor
+    return int(local.numel() * local.element_size())
