@@ -113,10 +113,14 @@ __all__ = [
     "GradientsComputed",
     "Iterated",
     "Metric",
+    "MidEpochValidated",
     "PhaseStarted",
     "Predicted",
+    "SanityCheckEnded",
+    "SanityCheckStarted",
     "StageEnded",
     "StageStarted",
+    "StopDeferred",
     "Tested",
     "Trained",
     "Validated",
@@ -156,6 +160,33 @@ class StageStarted:
     trainer: Any
     aggregate: Aggregate
     stage: Stage
+
+
+@dataclass(frozen=True, slots=True)
+class SanityCheckStarted:
+    """``fit`` is about to run its sanity check: ``batches`` validation batches (``num_sanity_val_steps``, capped
+    by the loader's length and ``limit_val_batches``; ``None`` when the loader has no length and all of it runs)
+    before the first training batch, so that an error in ``evaluate`` shows in seconds (Lightning's
+    ``on_sanity_check_start``). ``trainer.sanity_checking`` is ``True`` until :class:`SanityCheckEnded`.
+
+    No ``PhaseStarted``, ``BatchValidated`` or ``Validated`` fires for these batches: nothing that reacts to a
+    validation (loggers, ``EarlyStopping``, ``ModelCheckpoint``, ``History``, the run store) can take them for one.
+    """
+
+    trainer: Any
+    aggregate: Aggregate
+    batches: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SanityCheckEnded:
+    """The sanity check ended (Lightning's ``on_sanity_check_end``). ``results`` hold its loss and metrics, for a
+    person to read; they are no validation's results: they reach no ``callback_metrics``, no logger and no monitor.
+    """
+
+    trainer: Any
+    aggregate: Aggregate
+    results: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +291,21 @@ class Validated(_PhaseEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class MidEpochValidated(_PhaseEvent):
+    """A validation in the middle of an epoch's training phase ended (``val_check_interval``), after its
+    ``Validated`` and all of that event's handlers (so ``EMA`` has put the trained weights back). ``results`` hold
+    its results as ``"validation/<name>"``, as :class:`Iterated` holds an epoch's; ``batch`` is the number of
+    training batches of the epoch trained before it and ``step`` the run's (``trainer.progress.step``).
+
+    ``EarlyStopping`` and ``ModelCheckpoint`` check here as they do at ``Iterated``, which reports only the
+    validation that ran at the epoch's end (if any), so every validation is checked once.
+    """
+
+    batch: int
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tested(_PhaseEvent):
     """A test phase ended (``Trainer.test``); ``results`` hold its loss and metrics."""
 
@@ -267,6 +313,24 @@ class Tested(_PhaseEvent):
 @dataclass(frozen=True, slots=True)
 class Iterated(_PhaseEvent):
     """An epoch over all loaders ended. ``results`` hold every phase's results as ``"<phase>/<name>"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopDeferred:
+    """A stop was requested (``trainer.should_stop``, ``EarlyStopping``, the aggregate's ``StopIteration``) before
+    ``min_epochs`` or ``min_steps`` was reached, so training goes on; the fit stops once both are reached, unless
+    the request is withdrawn (``trainer.should_stop = False``). Fired once per fit, at the first deferral
+    (Lightning logs "Trainer was signaled to stop but the required ``min_epochs`` or ``min_steps`` has not been
+    met"). ``epoch``: the 0-based epoch during which (or at whose end) the stop was deferred; ``step``:
+    ``trainer.global_step`` then.
+    """
+
+    trainer: Any
+    aggregate: Aggregate
+    epoch: int
+    step: int
+    min_epochs: int | None
+    min_steps: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +379,8 @@ class StageEnded:
 EVENTS: tuple[type, ...] = (
     FitStarted,
     StageStarted,
+    SanityCheckStarted,
+    SanityCheckEnded,
     EpochStarted,
     PhaseStarted,
     GradientsComputed,
@@ -324,8 +390,10 @@ EVENTS: tuple[type, ...] = (
     BatchPredicted,
     Trained,
     Validated,
+    MidEpochValidated,
     Tested,
     Iterated,
+    StopDeferred,
     Predicted,
     ExceptionRaised,
     FitEnded,

@@ -244,6 +244,14 @@ class TrainPosition:
         load_rng_state(pending.epoch_start.rng)
         return open_skipping(loader, consumed, lambda: load_rng_state(moment), self._create)
 
+    def retake_moment(self) -> None:
+        """After :meth:`load_state_dict`, work the uninterrupted run did between the checkpoint and its next batch
+        (a validation due after the checkpoint's batch) has just run again and advanced the global generators as it
+        did then: the next :meth:`open` puts the generators back to their state at the time it is called, rather than
+        to the checkpoint's moment. Nothing happens when no resume is pending."""
+        if self._pending is not None:
+            self._pending.rng = None
+
     def _create(self, loader: Any) -> Iterator[Any]:
         """``iter(loader)``; a persistent iterator that the uninterrupted run would still have gets a throw-away
         generator for its base seed, so that creating it again draws nothing from the global generators."""
