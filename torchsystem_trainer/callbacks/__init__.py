@@ -5,6 +5,7 @@ from torchsystem_trainer.callbacks.early_stopping import EarlyStopping
 from torchsystem_trainer.callbacks.ema import EMA
 from torchsystem_trainer.callbacks.history import History
 from torchsystem_trainer.callbacks.lr_monitor import LearningRateMonitor
+from torchsystem_trainer.callbacks.lr_scheduler import LearningRateScheduler, SchedulerConflictError
 from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
 from torchsystem_trainer.callbacks.monitor import MonitorError
 from torchsystem_trainer.callbacks.nan_detector import NaNDetector, NonFiniteError
@@ -21,11 +22,13 @@ __all__ = [
     "EarlyStopping",
     "History",
     "LearningRateMonitor",
+    "LearningRateScheduler",
     "ModelCheckpoint",
     "MonitorError",
     "NaNDetector",
     "NonFiniteError",
     "ProgressBar",
+    "SchedulerConflictError",
     "StochasticWeightAveraging",
     "TensorBoardLogger",
     "Timer",

@@ -4,7 +4,8 @@ Each phase (``PhaseStarted``) opens a bar whose total is ``PhaseStarted.batches`
 ``limit_*_batches``; no total, so no percentage, for a loader without a length). Its description follows
 Lightning's ``TQDMProgressBar``: ``"Epoch <epoch>"`` (0-based) for training, ``"Validation"``, ``"Test"`` and
 ``"Predict"`` for the others. The bar is redrawn every ``refresh_rate`` batches and at the phase's end, where
-its postfix shows the phase's results (``loss=0.693, accuracy=0.75``, numbers formatted by tqdm).
+its postfix shows the phase's results (``loss=0.693, accuracy=0.75``, numbers formatted by tqdm). A validation
+inside an epoch (``val_check_interval``) draws its bar below the epoch's, which stays open, and erases it when done.
 
 No per-batch loss is shown: reading a loss tensor synchronises host and device, and a progress bar must not slow
 the loop. The batch counter comes from the events' ``batch`` index, a host int. The bar is closed at its phase's
@@ -76,6 +77,8 @@ class ProgressBar(Callback):
         self.file = file
         self.mininterval = float(mininterval)
         self.bar: tqdm[Any] | None = None
+        self._training: tqdm[Any] | None = None  # the epoch's bar, kept while a mid-epoch validation draws its own
+        self._phase: str | None = None
 
     @property
     def is_enabled(self) -> bool:
@@ -85,8 +88,14 @@ class ProgressBar(Callback):
     # -- hooks ------------------------------------------------------------------------------------------
 
     def on_phase_started(self, event: PhaseStarted) -> None:
-        """Open the phase's bar, closing any bar a previous phase left open."""
-        self._close()
+        """Open the phase's bar, closing any bar a previous phase left open (but the training bar of a validation
+        inside its epoch)."""
+        inside = event.phase == "validation" and self.bar is not None and self._phase == "train"
+        if inside:
+            self._training, self.bar = self.bar, None
+        else:
+            self._close()
+        self._phase = event.phase
         if not self.is_enabled:
             return
         from tqdm import tqdm  # lazily: keeps `import torchsystem_trainer` light
@@ -95,7 +104,7 @@ class ProgressBar(Callback):
         self.bar = tqdm(
             total=event.batches,
             desc=description,
-            leave=self.leave,
+            leave=self.leave and not inside,
             file=self.file,
             dynamic_ncols=True,
             unit="batch",
@@ -124,8 +133,10 @@ class ProgressBar(Callback):
         self._finish(event.results)
 
     def on_validated(self, event: Validated) -> None:
-        """Show the validation results and close the bar."""
+        """Show the validation results and close the bar; back to the epoch's bar after a mid-epoch validation."""
         self._finish(event.results)
+        if self._training is not None:
+            self.bar, self._training, self._phase = self._training, None, "train"
 
     def on_tested(self, event: Tested) -> None:
         """Show the test results and close the bar."""
@@ -158,9 +169,11 @@ class ProgressBar(Callback):
         bar = self.bar
         if bar is not None:
             bar.set_postfix(results, refresh=False)
-            self._close()  # tqdm's close draws the final state when leave=True
+            self.bar = None
+            bar.close()  # tqdm's close draws the final state when leave=True
 
     def _close(self) -> None:
-        if self.bar is not None:
-            bar, self.bar = self.bar, None
-            bar.close()
+        for bar in (self.bar, self._training):
+            if bar is not None:
+                bar.close()
+        self.bar = self._training = None

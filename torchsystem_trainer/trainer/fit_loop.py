@@ -96,6 +96,14 @@ def run_epochs(run: Run, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]
         )
         return "completed"
     checks, validation = _validation_plan(loaders, limits)
+    if checks is not None and checks.inside_windows(run.strategy.steps.accumulate_grad_batches):
+        warnings.warn(
+            f"Trainer.fit: val_check_interval={limits.val_check_interval!r} puts validations inside gradient "
+            f"accumulation windows (accumulate_grad_batches={run.strategy.steps.accumulate_grad_batches}); a "
+            f"checkpoint written there (ModelCheckpoint at MidEpochValidated) does not hold the partly accumulated "
+            f"gradients, so a fit resumed from it is not exact: use a multiple of accumulate_grad_batches",
+            stacklevel=7,
+        )
     if validation is not None and limits.num_sanity_val_steps:
         sanity_check(run, aggregate, validation, limits.num_sanity_val_steps, limits.limit_val_batches)
     schedule = ValCheck(limits.val_check_interval, limits.check_val_every_n_epoch)  # which epochs validate

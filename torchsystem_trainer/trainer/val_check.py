@@ -57,6 +57,14 @@ class EpochChecks:
         """Whether a validation falls after that batch and it is not the epoch's last (a mid-epoch validation)."""
         return batch != self.total and self.due(batch, step)
 
+    def inside_windows(self, accumulate_grad_batches: int) -> bool:
+        """Whether some mid-epoch validations fall inside a gradient-accumulation window (between two optimizer
+        steps), where a checkpoint cannot hold the partly accumulated gradients."""
+        every, accumulate = self.every, accumulate_grad_batches
+        if every is None or accumulate == 1:
+            return False
+        return every % accumulate != 0 or (self.by_step and self.total is not None and self.total % accumulate != 0)
+
     def at_end(self, batch: int, step: int) -> bool:
         """Whether the epoch's end, reached after ``batch`` training batches (the run at ``step``), is a validation."""
         return self.every is None or self.due(batch, step)
