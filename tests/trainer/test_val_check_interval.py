@@ -341,3 +341,23 @@ def test_the_timer_counts_a_mid_epoch_validation_as_validation(monkeypatch):
     timer = Timer()
     fit(batches=4, val_check_interval=0.5, callbacks=[timer], aggregate=Timed())
     assert timer.time_elapsed("train") == 4.0 and timer.time_elapsed("validation") == 20.0
+
+
+def test_a_checkpoint_written_by_the_validation_a_resumed_fit_ran_first_resumes_exactly(tmp_path):
+    class SaveAtValidation(Callback):
+        def on_mid_epoch_validated(self, event):
+            save_atomic(checkpoint_state(event.trainer, event.aggregate), tmp_path / "second.ckpt")
+            raise Crash
+
+    torch.manual_seed(0)
+    reference, _ = resumable_fit(tmp_path, [])
+    torch.manual_seed(0)
+    with pytest.raises(Crash):  # a checkpoint after batch 3, before its validation
+        resumable_fit(tmp_path, [Snapshot(tmp_path / "first.ckpt", step=3, crash=1)])
+    torch.manual_seed(0)
+    with pytest.raises(Crash):  # resumed: the validation of batch 3 runs first, and a checkpoint is written there
+        resumable_fit(tmp_path, [SaveAtValidation()], ckpt_path=tmp_path / "first.ckpt")
+    torch.manual_seed(0)
+    resumed, recorder = resumable_fit(tmp_path, [], ckpt_path=tmp_path / "second.ckpt")
+    assert same_weights(resumed, reference)
+    assert [e for e in recorder.events if e[0] == "BatchTrained"][0] == ("BatchTrained", 0, 3, 4)

@@ -204,6 +204,7 @@ class _Pending:
     epoch_start: EpochStart | None
     rng: RNGState | None  # the global generators at the checkpoint's moment (None: a file without them)
     generators: list[torch.Tensor]
+    saved: dict[str, Any]  # what load_state_dict was given, for a checkpoint written before open
 
 
 class TrainPosition:
@@ -278,7 +279,18 @@ class TrainPosition:
             ``{"epoch_start": EpochStart.state_dict() or None (when consumed == 0), "generators": [states now],
             "rng": the global generators now (when consumed > 0) or None, "persistent": bool}``: the skipped
             batches are drawn from the epoch start's generators, then the generators are put back to this moment.
+            Between :meth:`load_state_dict` and :meth:`open` (a validation due at the restored position runs
+            first, and a checkpoint may be written then), the restored position, the loader not having moved.
         """
+        pending = self._pending
+        if pending is not None:  # restored and not yet opened (a checkpoint written by a validation run first)
+            saved = pending.saved
+            return {
+                "epoch_start": saved["epoch_start"] if consumed > 0 else None,
+                "generators": list(saved["generators"]),
+                "rng": (pending.rng if pending.rng is not None else rng_state()) if consumed > 0 else None,
+                "persistent": self.persistent,
+            }
         mid_epoch = consumed > 0 and self.epoch_start is not None
         return {
             "epoch_start": self.epoch_start.state_dict() if mid_epoch else None,  # type: ignore[union-attr]
@@ -304,4 +316,4 @@ class TrainPosition:
         epoch_start = None if start is None else EpochStart.from_state_dict(start)
         generators = epoch_start.generators if consumed > 0 and epoch_start is not None else state["generators"]
         self.persistent = bool(state["persistent"])
-        self._pending = _Pending(consumed, epoch_start, rng, list(generators))
+        self._pending = _Pending(consumed, epoch_start, rng, list(generators), dict(state))

@@ -228,8 +228,8 @@ def _validate_pending(
     progress = loop.progress
     if not validation.checks.mid_epoch(progress.batch, progress.step):
         return None
+    loop.position.retake_moment()  # from now on the moment to return to is the generators' state as they are then
     validate_mid_epoch(run, aggregate, validation)
-    loop.position.retake_moment()
     return stop_reason(loop, minimum, run.bus, run.source, aggregate, progress.epoch)
 
 
