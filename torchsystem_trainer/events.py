@@ -30,17 +30,24 @@ ending            cause                                           events at the 
                   batch)                                          ``Iterated``, ``FitEnded``
 ``stopped``       ``trainer.should_stop = True`` (any callback,   set during training: the current batch
                   e.g. ``EarlyStopping``) or a ``StopIteration``  finishes, then ``Trained``, ``Iterated``,
-                  committed by the aggregate's domain events      ``FitEnded`` (validation skipped); set
-                                                                  during validation or at the epoch's end
-                                                                  (``EarlyStopping`` decides at
-                                                                  ``Iterated``): the epoch finishes, then
-                                                                  ``FitEnded``. ``StopIteration`` is raised
-                                                                  as the aggregate's epoch advances, just
-                                                                  before ``Iterated``
+                  committed by the aggregate's domain events,     ``FitEnded`` (validation skipped); set in
+                  once ``min_epochs``/``min_steps`` are reached   a mid-epoch validation (``EarlyStopping``
+                  (before them the request is deferred:           decides at ``MidEpochValidated``): the
+                  ``StopDeferred``, once, and training goes on)   same, right after ``MidEpochValidated``;
+                                                                  set during the epoch's end-of-epoch
+                                                                  validation or at its end (``EarlyStopping``
+                                                                  decides at ``Iterated``): the epoch
+                                                                  finishes, then ``FitEnded``.
+                                                                  ``StopIteration`` is raised as the
+                                                                  aggregate's epoch advances, just before
+                                                                  ``Iterated``
 ``interrupted``   ``SIGTERM`` (preemption) or ``SIGINT``          the current training step (and its gradient
-                  (Ctrl-C) received while ``fit`` runs in the     accumulation window) finishes, or the
-                  main thread: ``fit`` handles both for its       current validation phase and its epoch's
-                  duration and stops at the next step boundary    end; then ``FitEnded`` only: no
+                  (Ctrl-C) received while ``fit`` runs in the     accumulation window, with the mid-epoch
+                  main thread: ``fit`` handles both for its       validations inside it) finishes, or the
+                  duration and stops at the next step boundary;   current validation phase (a mid-epoch
+                  never deferred by ``min_epochs``/``min_steps``  one: then the fit stops; the end-of-epoch
+                                                                  one: with its epoch's end); then
+                                                                  ``FitEnded`` only: no
                                                                   ``ExceptionRaised`` (nothing was raised), no
                                                                   ``Trained``/``Iterated`` for an unfinished
                                                                   epoch (a resumed fit completes it);
@@ -57,7 +64,24 @@ ending            cause                                           events at the 
 ================  ==============================================  =========================================
 
 When a limit or a stop request arrives in the middle of the training phase, the epoch's validation phase is
-skipped (as in Lightning), so ``Iterated.results`` then holds only the ``train/...`` keys.
+skipped (as in Lightning), so ``Iterated.results`` then holds only the ``train/...`` keys. A mid-epoch validation
+(``val_check_interval``) due after the batch that reaches ``max_steps`` or ``max_time`` still runs, as a validation
+due at the epoch's last batch does; one due after the batch where a stop was requested does not.
+
+Validations of a fit, and which event reports each one's results as ``"validation/<name>"`` (what
+``EarlyStopping``, ``ModelCheckpoint`` and ``LearningRateScheduler`` read):
+
+=========================  ============================================  ===========================================
+validation                 events                                        reported by
+=========================  ============================================  ===========================================
+the sanity check           ``SanityCheckStarted``, ``SanityCheckEnded``  nothing: no ``PhaseStarted``,
+(``num_sanity_val_steps``  (``trainer.sanity_checking`` between them)    ``BatchValidated``, ``Validated``; its
+before the first batch)                                                  results are ``SanityCheckEnded``'s only
+mid-epoch                  ``PhaseStarted("validation")``,               ``MidEpochValidated`` (right after
+(``val_check_interval``)   ``BatchValidated``..., ``Validated``          ``Validated``); also ``callback_metrics``
+the epoch's end            ``PhaseStarted("validation")``,               ``Iterated``, with the epoch's ``train/...``
+                           ``BatchValidated``..., ``Validated``          results
+=========================  ============================================  ===========================================
 
 ``Trainer.validate``, ``test`` and ``predict`` run outside a fit and are bracketed by their own pair of events,
 :class:`StageStarted` and :class:`StageEnded`, whose ``stage`` is ``"validate"``, ``"test"`` or ``"predict"``
