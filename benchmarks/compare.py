@@ -10,6 +10,8 @@ its baseline's and the median of the per-round ratios, the per-step overhead in 
 * ``trainer / raw <= 1.02`` on the MLP and the CNN;
 * ``trainer-std / raw-full <= 1.05`` (the standard set against a hand-written loop doing the same work:
   validation, metric, TensorBoard scalars, a checkpoint per epoch);
+* ``trainer-loggers / raw-loggers <= 1.03`` (``TensorBoardLogger`` and ``CSVLogger`` against the same writing done
+  by hand);
 * ``trainer-tracked / trainer-std <= 1.01`` on the MLP (the standard set plus ``RunTracker`` on SQLite);
 * ``lightning / trainer >= 1.25`` on the MLP;
 * the bare Trainer's final weights bit-identical (``torch.equal``) to the raw loop's;
@@ -56,6 +58,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BASELINES = {
     "trainer": "raw",
     "trainer-std": "raw-full",
+    "trainer-loggers": "raw-loggers",
     "trainer-tracked": "trainer-std",
     "lightning": "raw",
     "lightning-full": "raw-full",
@@ -63,11 +66,12 @@ BASELINES = {
 PARITY = {
     "trainer": "raw",
     "trainer-std": "raw-full",
+    "trainer-loggers": "raw-loggers",
     "trainer-tracked": "raw-full",
     "lightning": "raw",
     "lightning-full": "raw-full",
 }
-BUDGET_BARE, BUDGET_STD, BUDGET_LIGHTNING = 1.02, 1.05, 1.25
+BUDGET_BARE, BUDGET_STD, BUDGET_LIGHTNING, BUDGET_LOGGERS = 1.02, 1.05, 1.25, 1.03
 BUDGET_TRACKED = 1.01  # issue 14: the standard set plus RunTracker on SQLite against the standard set alone
 
 
@@ -281,6 +285,8 @@ def _verdicts(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             lines.append(line(workload, f"{label} / raw", of(summary[label]), BUDGET_BARE, judged))
         for label in [label for label in summary if _base(label) == "trainer-std" and "ratio" in summary[label]]:
             lines.append(line(workload, f"{label} / raw-full", of(summary[label]), BUDGET_STD, True))
+        for label in [label for label in summary if _base(label) == "trainer-loggers" and "ratio" in summary[label]]:
+            lines.append(line(workload, f"{label} / raw-loggers", of(summary[label]), BUDGET_LOGGERS, True))
         for label in [label for label in summary if _base(label) == "trainer-tracked" and "ratio" in summary[label]]:
             judged = True if workload == "mlp" else None
             lines.append(line(workload, f"{label} / trainer-std", of(summary[label]), BUDGET_TRACKED, judged))
@@ -426,7 +432,9 @@ def main(argv: list[str] | None = None) -> None:
             if _base(label) not in VARIANTS:
                 parser.error(f"unknown variant {label!r}; known: {', '.join(VARIANTS)}")
     if args.candidate is not None:
-        labels += [f"{label}@{args.candidate_name}" for label in labels if label in ("trainer", "trainer-std")]
+        labels += [
+            f"{label}@{args.candidate_name}" for label in labels if label in ("trainer", "trainer-std", "trainer-loggers")
+        ]
 
     machine = _machine(args)
     print(f"machine: {machine}")

@@ -209,7 +209,10 @@ def _trainer(workload: Workload, device: torch.device, quick: bool, folder: Path
 
     def fit(loader: Iterable[Any]) -> None:
         strategy = SingleDeviceStrategy(device, "bf16-mixed")
-        Trainer(strategy=strategy, max_epochs=1, enable_progress_bar=False, default_root_dir=folder).fit(model, loader)
+        quiet = {"enable_model_summary": False, "verbose": False}  # as Lightning's side: no summary, no lines
+        Trainer(strategy=strategy, max_epochs=1, enable_progress_bar=False, default_root_dir=folder, **quiet).fit(
+            model, loader
+        )
 
     return model.nn, fit
 

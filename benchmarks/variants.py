@@ -15,12 +15,19 @@ Variants (all train the same network from the same seed on the same batches, in 
                     ``inference_mode``, TensorBoard scalars (the training loss every 50 steps, the results per
                     epoch), an early-stopping check and an atomic, fsynced checkpoint file per epoch (as
                     ``ModelCheckpoint`` writes them).
-``trainer``         ``Trainer(enable_progress_bar=False)``, no callbacks, no validation, no metrics; an
+``trainer``         ``Trainer(enable_progress_bar=False)`` and no model summary nor console lines, no callbacks, no validation, no metrics; an
                     ``Aggregate`` with the default learner step (``self.nn``, ``self.criterion``,
                     ``self.optimizer``).
 ``trainer-std``     the Trainer with the standard set: ``EarlyStopping``, ``ModelCheckpoint`` (every epoch,
                     all kept), ``TensorBoardLogger`` (default ``log_every_n_steps=50``), the metric, and the
                     validation loader.
+``raw-loggers``     the hand-written loop doing by hand what ``TensorBoardLogger`` and ``CSVLogger`` do: the
+                    training loss read every 50 steps and written as a TensorBoard scalar and a CSV row, the
+                    sample-weighted epoch loss and the epoch written to both, the hyper-parameters written once
+                    (a TensorBoard hparams summary and a YAML file), the CSV appended at each epoch's end.
+``trainer-loggers`` the Trainer with ``TensorBoardLogger`` and ``CSVLogger`` (``log_every_n_steps=50``), no
+                    validation, no metric: the loggers' own cost. (When ``Aggregate.log`` lands, its aggregate
+                    logs two values per step and both sides write them.)
 ``trainer-tracked`` ``trainer-std`` plus ``RunTracker`` writing the run store to a SQLite file (a new run per
                     fit; the aggregate gets an identity with ``initialize``). Measured against ``trainer-std``.
 ``lightning``       Lightning 2.x (``lightning`` or ``pytorch_lightning``) with logging, checkpointing, the
@@ -64,6 +71,7 @@ __all__ = ["VARIANTS", "main", "run"]
 MARKER = "BENCH-RESULT "
 SEED = 0
 LOG_EVERY_N_STEPS = 50  # TensorBoardLogger's and Lightning's default
+QUIET: dict[str, Any] = {"enable_model_summary": False, "verbose": False}  # as Lightning's variants: no summary
 
 
 def _current_rss_kib() -> int:
@@ -231,6 +239,65 @@ def _raw_full(workload: Workload, data: Data, device: torch.device, tmp: Path) -
     return net, fit
 
 
+def _raw_loggers(
+    workload: Workload, data: Data, device: torch.device, tmp: Path
+) -> tuple[nn.Module, Callable[[], None]]:
+    import csv
+
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    torch.manual_seed(SEED)
+    net = workload.network().to(device)
+    criterion = workload.criterion()
+    optimizer = workload.optimizer(net.parameters())
+    settings = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
+    params = {f"optimizer/{key}": value if isinstance(value, (int, float, str)) else str(value)
+              for key, value in settings.items()}
+
+    def fit() -> None:
+        writer = SummaryWriter(log_dir=str(tmp / "tensorboard" / "version_0"))
+        _, start, _ = hparams(params, {})
+        writer.file_writer.add_summary(start)
+        folder = tmp / "csv" / "version_0"
+        folder.mkdir(parents=True)
+        (folder / "hparams.yaml").write_text("".join(f"{key}: {value}\n" for key, value in params.items()))
+        columns = ["step", "epoch", "train/loss_step", "train/loss"]
+        with open(folder / "metrics.csv", "w", newline="") as file:
+            csv.DictWriter(file, columns).writeheader()
+        step, rows = 0, []
+        net.train()
+        for epoch in range(workload.epochs):
+            losses: list[torch.Tensor] = []
+            sizes: list[int] = []
+            for inputs, targets in data.train:
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                optimizer.zero_grad()
+                loss = criterion(net(inputs), targets)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
+                sizes.append(inputs.shape[0])
+                step += 1
+                if step % LOG_EVERY_N_STEPS == 0:
+                    value = float(loss.detach())
+                    writer.add_scalar("train/loss_step", value, step)
+                    rows.append({"step": step, "train/loss_step": value})
+            stacked = torch.stack(losses).float()
+            sizes_tensor = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
+            mean = float(torch.dot(stacked, sizes_tensor)) / sum(sizes)
+            writer.add_scalar("train/loss", mean, step)
+            writer.add_scalar("epoch", epoch, step)
+            writer.flush()
+            rows.append({"step": step, "epoch": epoch, "train/loss": mean})
+            with open(folder / "metrics.csv", "a", newline="") as file:
+                csv.DictWriter(file, columns).writerows(rows)
+            rows = []
+        writer.close()
+
+    return net, fit
+
+
 # -- the Trainer ----------------------------------------------------------------------------------------------
 
 
@@ -260,7 +327,9 @@ def _trainer(workload: Workload, data: Data, device: torch.device, tmp: Path) ->
     model = _aggregate(workload, device)
 
     def fit() -> None:
-        trainer = Trainer(max_epochs=workload.epochs, enable_progress_bar=False, strategy=device.type)
+        trainer = Trainer(
+            max_epochs=workload.epochs, enable_progress_bar=False, strategy=device.type, **QUIET,
+        )
         trainer.fit(model, [("train", data.train)])
 
     return model.nn, fit
@@ -297,8 +366,36 @@ def _trainer_std(
             enable_progress_bar=False,
             strategy=device.type,
             default_root_dir=tmp,
+            **QUIET,
         )
         trainer.fit(model, [("train", data.train), ("validation", data.validation)])
+
+    return model.nn, fit
+
+
+def _trainer_loggers(
+    workload: Workload, data: Data, device: torch.device, tmp: Path
+) -> tuple[nn.Module, Callable[[], None]]:
+    import torch.utils.tensorboard  # noqa: F401  # imported outside the timed region, as for raw-loggers
+
+    from torchsystem_trainer import Trainer
+    from torchsystem_trainer.callbacks import CSVLogger, TensorBoardLogger
+
+    model = _aggregate(workload, device)
+
+    def fit() -> None:
+        trainer = Trainer(
+            callbacks=[
+                TensorBoardLogger(save_dir=tmp / "tensorboard", log_every_n_steps=LOG_EVERY_N_STEPS),
+                CSVLogger(save_dir=tmp / "csv", log_every_n_steps=LOG_EVERY_N_STEPS),
+            ],
+            max_epochs=workload.epochs,
+            enable_progress_bar=False,
+            strategy=device.type,
+            default_root_dir=tmp,
+            **QUIET,
+        )
+        trainer.fit(model, [("train", data.train)])
 
     return model.nn, fit
 
@@ -430,6 +527,8 @@ VARIANTS: dict[str, Callable[..., tuple[nn.Module, Callable[[], None]]]] = {
     "raw-full": _raw_full,
     "trainer": _trainer,
     "trainer-std": _trainer_std,
+    "raw-loggers": _raw_loggers,
+    "trainer-loggers": _trainer_loggers,
     "trainer-tracked": _trainer_tracked,
     "lightning": _lightning,
     "lightning-full": _lightning_full,

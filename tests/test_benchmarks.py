@@ -50,6 +50,14 @@ def test_the_raw_loop_and_the_trainer_variants_train_the_same_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_the_logger_variants_train_the_same_weights(tmp_path):
+    raw = run("lstm", "raw-loggers", quick=True, weights_out=tmp_path / "raw.pt", warmup=False)
+    ours = run("lstm", "trainer-loggers", quick=True, weights_out=tmp_path / "trainer.pt", warmup=False)
+    assert raw["steps"] == ours["steps"] > 0
+    a, b = torch.load(tmp_path / "raw.pt", weights_only=True), torch.load(tmp_path / "trainer.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+
+
 def test_the_gpu_benchmarks_clock_times_as_many_steps_with_a_batch_fetched_ahead():
     from benchmarks.gpu import Clock
 

@@ -126,10 +126,12 @@ if TYPE_CHECKING:
     from torchsystem_trainer.domain import Aggregate
 
 __all__ = [
+    "EVENTS",
     "BatchPredicted",
     "BatchTested",
     "BatchTrained",
     "BatchValidated",
+    "EndReason",
     "EpochStarted",
     "ExceptionRaised",
     "FitEnded",
@@ -142,16 +144,14 @@ __all__ = [
     "Predicted",
     "SanityCheckEnded",
     "SanityCheckStarted",
+    "Stage",
+    "StageEndReason",
     "StageEnded",
     "StageStarted",
     "StopDeferred",
     "Tested",
     "Trained",
     "Validated",
-    "EVENTS",
-    "EndReason",
-    "Stage",
-    "StageEndReason",
 ]
 
 EndReason = Literal["completed", "max_steps", "max_time", "stopped", "interrupted", "exception"]

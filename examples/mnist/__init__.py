@@ -4,6 +4,5 @@
 * :mod:`.loaders`: the seeded train/validation split and the loaders;
 * :mod:`.classifier`: the registered ``MLP`` and the seed's ``Classifier`` aggregate;
 * :mod:`.compilation`: the ``Compiler`` pipeline (build, device, ``torch.compile``, epoch);
-* :mod:`.report`: a seed-style ``Consumer`` printing each epoch's results;
 * :mod:`.cli`: the application layer: command line, dependency overrides, the Trainer and its callbacks.
 """

@@ -2,7 +2,7 @@
 
 ``python -m examples.mnist`` trains the seed's ``Classifier`` (an MLP) with the Trainer and its callbacks::
 
-    Trainer(callbacks=[EarlyStopping, ModelCheckpoint, TensorBoardLogger, ProgressBar, report.consumer],
+    Trainer(callbacks=[EarlyStopping, ModelCheckpoint, TensorBoardLogger, CSVLogger, ProgressBar],
             metrics={"accuracy": Accuracy(task="multiclass", num_classes=10)}, ...)
 
 on scikit-learn's bundled digits (the default: real data, no files, no network, well under a minute on two CPU
@@ -10,9 +10,14 @@ cores), or on MNIST / Fashion-MNIST read from their IDX files (``--data-dir``, `
 loses ``--validation-fraction`` of its samples to a validation split, which early stopping and checkpointing
 monitor (``validation/loss``); the test split is only used once, at the end, on the best checkpoint.
 
+What it prints: the model summary, then a progress bar per phase when stderr is a terminal, or else one line
+per epoch (``ConsoleLines``, the Trainer's default), how the fit ended and where its files went, then the test
+results.
+
 Files, in Lightning's layout, one ``version_N`` per run::
 
     <runs-dir>/<dataset>/<classifier id>/version_N/events.out.tfevents.*   TensorBoard
+    <runs-dir>/<dataset>/<classifier id>/version_N/metrics.csv               CSV (and hparams.yaml)
     <runs-dir>/<dataset>/<classifier id>/version_N/checkpoints/*.ckpt        best and last checkpoints
 
     <runs-dir>/runs.db                                                       the run store (--store-url)
@@ -42,18 +47,20 @@ from typing import TYPE_CHECKING
 import torch
 from torchmetrics import Accuracy
 
-from examples.mnist import compilation, report
+from examples.mnist import compilation
 from examples.mnist.classifier import Classifier, build_parts
 from examples.mnist.data import DATASETS
 from examples.mnist.loaders import make_loaders
 from torchsystem_trainer import Trainer
 from torchsystem_trainer.callbacks import (
+    CSVLogger,
     EarlyStopping,
     ModelCheckpoint,
     ProgressBar,
     TensorBoardLogger,
 )
-from torchsystem_trainer.callbacks.tensorboard import next_version
+from torchsystem_trainer.callbacks.console import format_results
+from torchsystem_trainer.callbacks.log_folder import next_version
 from torchsystem_trainer.checkpoint import load_aggregate_state, load_file
 from torchsystem_trainer.registry import gethash
 from torchsystem_trainer.strategies import PRECISIONS
@@ -213,7 +220,8 @@ def run(options: argparse.Namespace) -> RunResult:
     torch.manual_seed(options.seed)
     parts = build_parts(loaders.features, options.hidden_size, 10, options.lr, options.dropout)
     tracker, store = _open_store(options)
-    experiment = options.runs_dir / options.dataset / gethash(parts[0])
+    identity = gethash(parts[0])  # the classifier's id: same hyper-parameters, same folder
+    experiment = options.runs_dir / options.dataset / identity
     version = next_version(experiment)
     log_dir = experiment / f"version_{version}"
 
@@ -229,9 +237,9 @@ def run(options: argparse.Namespace) -> RunResult:
         callbacks=[
             EarlyStopping(monitor="validation/loss", mode="min", patience=options.patience),
             checkpoint,
-            TensorBoardLogger(save_dir=options.runs_dir / options.dataset, version=version),
+            TensorBoardLogger(save_dir=options.runs_dir / options.dataset, name=identity, version=version),
+            CSVLogger(save_dir=options.runs_dir / options.dataset, name=identity, version=version),
             ProgressBar(refresh_rate=1 if options.progress_bar else 0),
-            report.consumer,
             *([] if tracker is None else [tracker]),
         ],
         strategy=options.strategy,
@@ -342,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> RunResult | LRSearch:
         return search
     result = run(options)
     source = f"best checkpoint {result.best_checkpoint.name}" if result.best_checkpoint else "last weights"
-    print(f"test ({source}): " + report.format_results(result.test))
+    print(f"test ({source}): " + format_results(result.test))
     print(f"test accuracy: {result.test['accuracy']:.2%} after {result.epochs} epoch(s) on {options.dataset}"
           + (f" (model at epoch {result.start_epoch + result.epochs})" if result.start_epoch else ""))
     if result.run_id is not None:

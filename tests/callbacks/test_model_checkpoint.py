@@ -261,7 +261,8 @@ def test_checkpoints_hold_the_state_other_callbacks_reached_at_the_same_event(tm
     stopping = EarlyStopping(patience=5)
     checkpoint = ModelCheckpoint(save_last=True)
     trainer = Trainer(
-        callbacks=[checkpoint, stopping], max_epochs=2, enable_progress_bar=False, default_root_dir=tmp_path
+        callbacks=[checkpoint, stopping], max_epochs=2, enable_progress_bar=False, default_root_dir=tmp_path,
+        enable_model_summary=False, verbose=False,
     )
     assert trainer.callbacks == [stopping, checkpoint]
     trainer.fit(Scripted(), [("train", make_data()), ("validation", make_data()[:1])])

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from tests.conftest import Classifier, Recorder, make_data
 from torchsystem_trainer import Trainer
+from torchsystem_trainer.callbacks import ConsoleLines, ModelSummary
 from torchsystem_trainer.callbacks.progress_bar import ProgressBar
 
 
@@ -18,11 +19,15 @@ class ResultsRecorder(Recorder):
     def __init__(self) -> None:
         super().__init__()
         self.results: list[dict[str, float]] = []
+        self.losses: list[torch.Tensor] = []
 
     def on_trained(self, event) -> None:
         self.results.append(dict(event.results))
 
     on_validated = on_tested = on_trained
+
+    def on_batch_trained(self, event) -> None:
+        self.losses.append(event.loss)
 
 
 class Unsized:
@@ -62,8 +67,52 @@ def test_one_bar_per_phase_per_epoch_with_totals_and_results():
     assert titles == [("Epoch 0", 4), ("Validation", 2), ("Epoch 1", 4), ("Validation", 2)]
     for bar, results in zip(bars, recorder.results):
         postfix = ", ".join(f"{name}={tqdm.format_num(value)}" for name, value in results.items())
-        assert re.fullmatch(r"[\w ]+: 100%\|.*\| (\d)/\1 \[.*, " + re.escape(postfix) + r"\]", bar[-1]), bar[-1]
-        assert all("loss=" not in drawing for drawing in bar[:-1])  # no per-batch loss
+        assert re.fullmatch(r"[\w ]+: 100%\|.*\| (\d)/\1 \[.*, " + re.escape(postfix) + r"\] *", bar[-1]), bar[-1]
+
+
+def test_the_training_bar_shows_the_mean_loss_since_its_last_drawing():
+    file = io.StringIO()
+    recorder = run(ProgressBar(refresh_rate=2, mininterval=0, file=file), train=make_data(samples=24))  # 6 batches
+    train, validation = draws(file.getvalue())
+    assert counts(train) == [0, 2, 4, 6, 6]  # opened, three drawings, closed with the results
+    for drawing, first in zip(train[1:4], (0, 2, 4)):
+        mean = float(torch.stack(recorder.losses[first : first + 2]).mean())
+        assert drawing.rstrip().endswith(f"loss={tqdm.format_num(mean)}]"), drawing
+    assert "loss=" not in "".join(validation[:-1])  # evaluation bars count batches only
+
+
+def test_the_bar_reads_the_loss_once_per_drawing_never_per_step(monkeypatch):
+    reads = {"n": 0}
+    for name in ("item", "tolist", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+
+    def reads_of(bar) -> int:
+        reads["n"] = 0
+        torch.manual_seed(0)
+        Trainer(callbacks=[bar], max_epochs=1, enable_model_summary=False, verbose=False).fit(
+            Classifier(), make_data(samples=64)  # 16 batches
+        )
+        return reads["n"]
+
+    without = reads_of(ProgressBar(refresh_rate=0))
+    assert reads_of(ProgressBar(refresh_rate=4, mininterval=0, file=io.StringIO())) - without == 4
+    assert reads_of(ProgressBar(refresh_rate=1, mininterval=3600, file=io.StringIO())) - without == 0
+
+
+def test_bars_come_from_tqdm_auto():
+    from tqdm.auto import tqdm as auto_tqdm
+
+    bar = ProgressBar(file=io.StringIO())
+    bar.open_bar("Epoch 0", 3)
+    assert isinstance(bar.bar, auto_tqdm)
+    bar.close_bar(0, None)
+    assert bar.bar is None
 
 
 def test_the_bar_is_redrawn_every_refresh_rate_batches():
@@ -143,15 +192,21 @@ def test_a_bar_left_open_by_a_raising_stand_alone_run_is_closed_at_stage_end(sta
 
 def test_the_trainer_adds_one_when_asked(capsys):
     trainer = Trainer(max_epochs=1, enable_progress_bar=True)
-    assert [type(c) for c in trainer.callbacks] == [ProgressBar]
+    assert [type(c) for c in trainer.callbacks] == [ProgressBar, ModelSummary, ConsoleLines]
     trainer.fit(Classifier(), make_data())
     assert "Epoch 0: 100%" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("rate", [-1, 1.5, True], ids=["negative", "float", "bool"])
 def test_invalid_refresh_rate(rate):
-    with pytest.raises(ValueError, match=r"refresh_rate=.* is invalid; valid: an int >= 0"):
+    with pytest.raises(ValueError, match=r"ProgressBar: refresh_rate=.* is invalid; valid: an int >= 0"):
         ProgressBar(refresh_rate=rate)
+
+
+@pytest.mark.parametrize("interval", [-0.1, "1", True], ids=["negative", "str", "bool"])
+def test_invalid_mininterval(interval):
+    with pytest.raises(ValueError, match=r"ProgressBar: mininterval=.* is invalid; valid: a number of seconds >= 0"):
+        ProgressBar(mininterval=interval)
 
 
 def test_flags():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from tests.conftest import Classifier, Recorder, make_data
 from torchsystem_trainer import Trainer
+from torchsystem_trainer.callbacks import EarlyStopping
 from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger, hyperparameters, next_version
 from torchsystem_trainer.registry import register
 
@@ -131,30 +131,7 @@ def test_training_loss_is_written_every_n_steps(tmp_path):
     assert written == [(step, f32(losses.losses[step])) for step in (3, 6)]
 
 
-def test_the_loss_is_read_only_on_logging_steps():
-    class Untouchable:
-        def __getattr__(self, name: str):
-            raise AssertionError(f"loss.{name} was read on a step that does not log")
-
-        def __float__(self) -> float:
-            raise AssertionError("the loss was read on a step that does not log")
-
-    class Writer:
-        def __init__(self) -> None:
-            self.calls: list[tuple[str, float, int]] = []
-
-        def add_scalar(self, tag, value, step):
-            self.calls.append((tag, value, step))
-
-    logger = TensorBoardLogger(log_every_n_steps=2)
-    logger.writer = Writer()
-    for step in (1, 3, 5):
-        logger.on_batch_trained(SimpleNamespace(step=step, loss=Untouchable()))
-    logger.on_batch_trained(SimpleNamespace(step=4, loss=torch.tensor(0.5)))
-    assert logger.writer.calls == [("train/loss_step", 0.5, 4)]
-
-
-def test_each_fit_gets_the_next_version_and_names_default_to_the_identity(tmp_path):
+def test_each_fit_gets_the_next_version_and_names_default_to_the_class_name(tmp_path):
     (tmp_path / "tensorboard" / "run" / "version_4").mkdir(parents=True)
     (tmp_path / "tensorboard" / "run" / "version_x").mkdir()
     logger = TensorBoardLogger(name="run")
@@ -167,38 +144,76 @@ def test_each_fit_gets_the_next_version_and_names_default_to_the_identity(tmp_pa
     identified.initialize("abc123")
     logger = TensorBoardLogger(save_dir=tmp_path / "logs", version="final")
     fit(tmp_path, logger, epochs=1, aggregate=identified)
-    assert logger.log_dir == tmp_path / "logs" / "abc123" / "final"
+    assert logger.log_dir == tmp_path / "logs" / "Classifier" / "final"  # a folder a person can read
+    assert hparams_of(logger.log_dir)["aggregate/id"] == "abc123"  # the identity is a hyper-parameter
     assert next_version(tmp_path / "missing") == 0
 
 
-def test_hyperparameters_of_registered_parts_read_back(tmp_path):
+def test_hyperparameters_of_registered_parts_read_back_with_their_types(tmp_path):
     aggregate = RegisteredClassifier()
-    expected = {
-        "nn": "Net",
-        "nn/features": 4,
-        "nn/classes": 2,
-        "nn/activation": "Scale",
-        "nn/activation/factor": 0.5,
-        "nn/activation/inplace": "True",
-        "optimizer": "RegisteredSGD",
-        "optimizer/lr": 0.25,
-        "optimizer/momentum": 0.0,
-        "optimizer/nesterov": "False",
-    }
-    assert hyperparameters(aggregate) == expected
     logger = TensorBoardLogger(version=0)
-    fit(tmp_path, logger, epochs=1, aggregate=aggregate)
-    assert hparams_of(logger.log_dir) == expected
+    trainer, _, _ = fit(tmp_path, logger, epochs=1, aggregate=aggregate, seed=3)
+    expected = {key: "None" if value is None else value for key, value in hyperparameters(aggregate, trainer).items()}
+    read = hparams_of(logger.log_dir)
+    assert read == expected
+    assert read["nn/tag"] == "x" and read["nn/activation/inplace"] is True and read["optimizer/nesterov"] is False
+    assert read["optimizer/lr"] == 0.25 and read["trainer/seed"] == 3
+    assert read["optimizer/foreach"] == "None" and read["trainer/max_epochs"] == 1
+
+
+def test_the_hparams_tab_shows_every_run_with_its_best_final_and_test_values(tmp_path):
+    """Read back as TensorBoard's HPARAMS tab does (its plugin's ListSessionGroups over the event files)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    runs = {}
+    for lr in (0.05, 0.2):
+        logger, stopping = TensorBoardLogger(log_every_n_steps=1000), EarlyStopping(patience=10)
+        trainer, aggregate, recorder = fit(tmp_path, logger, epochs=3, extra=[stopping], aggregate=Classifier(lr=lr))
+        test = trainer.test(aggregate, make_data()[:2])
+        runs[logger.log_dir.name] = (lr, stopping.best_score, recorder.results[-1][2], test)
+
+    root = tmp_path / "tensorboard" / "Classifier"
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(root))
+    multiplexer.Reload()
+    plugin_context = base_plugin.TBContext(
+        logdir=str(root), multiplexer=multiplexer, data_provider=MultiplexerDataProvider(multiplexer, str(root))
+    )
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=10, allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_UNKNOWN]
+    )
+    response = list_session_groups.Handler(
+        context.RequestContext(), backend_context.Context(plugin_context), "", request
+    ).run()
+    assert sorted(group.name for group in response.session_groups) == ["version_0", "version_1"]
+    for group in response.session_groups:
+        lr, best, last_validation, test = runs[group.name]
+        assert group.hparams["optimizer/lr"].number_value == lr
+        assert group.hparams["trainer/max_epochs"].number_value == 3
+        values = {metric.name.tag: metric.value for metric in group.metric_values}
+        assert values["best/validation/loss"] == f32(best)
+        assert values["validation/loss"] == f32(last_validation["loss"])  # the final results
+        assert values["test/loss"] == f32(test["loss"])
+        assert values["epoch"] == 2
+        assert [session.status for session in group.sessions] == [api_pb2.STATUS_SUCCESS]
 
 
 def test_validate_and_test_after_a_fit_write_into_its_directory(tmp_path):
     logger = TensorBoardLogger(log_hyperparameters=False)
-    trainer, aggregate, recorder = fit(tmp_path, logger, epochs=1, validation=False)
+    trainer, aggregate, _ = fit(tmp_path, logger, epochs=1, validation=False)
     results = trainer.test(aggregate, make_data()[:2])
+    again = trainer.test(aggregate, make_data()[2:])
+    validated = trainer.validate(aggregate, make_data()[:1])
     assert logger.writer is None
     written = scalars(logger.log_dir)
-    assert written["test/loss"] == [(4, f32(results["loss"]))]
-    assert sorted(written) == ["epoch", "test/loss", "train/loss"]
+    # stand-alone runs count on their own axis: two tests never write two points at one step
+    assert sorted(written["test/loss"]) == [(0, f32(results["loss"])), (1, f32(again["loss"]))]
+    assert written["validate/loss"] == [(0, f32(validated["loss"]))]
+    assert sorted(written) == ["epoch", "test/loss", "train/loss", "validate/loss"]
 
 
 def test_the_writer_is_closed_when_the_fit_raises(tmp_path):
@@ -253,7 +268,7 @@ def test_test_outside_a_fit_opens_the_writer_at_stage_started_and_closes_it_at_s
     assert logger.writer is None and seen.open_at_tested == [True, True]
     written = scalars(logger.log_dir)  # two event files; EventAccumulator's order of them is not the runs' order
     assert sorted(written) == ["test/loss"]
-    assert sorted(written["test/loss"]) == sorted([(0, f32(first["loss"])), (0, f32(second["loss"]))])
+    assert sorted(written["test/loss"]) == [(0, f32(first["loss"])), (1, f32(second["loss"]))]
     assert [path.name for path in (tmp_path / "tensorboard" / "Classifier").iterdir()] == ["version_0"]
 
 

@@ -3,6 +3,9 @@ the acceptance run on real MNIST (784-256-10 MLP, Adam 1e-3, batch 128, 3 epochs
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -62,10 +65,15 @@ def test_digits_cli_reaches_95_percent_and_writes_logs_and_checkpoints(tmp_path:
     assert result.best_checkpoint is not None and result.best_checkpoint.parent == checkpoints
     assert result.best_checkpoint.is_file()
 
-    out = capsys.readouterr().out
-    assert "epoch 0: train/loss=" in out and "validation/accuracy=" in out
-    assert "test accuracy:" in out
-    assert f"tensorboard --logdir {tmp_path / 'digits'}" in out
+    assert (result.log_dir / "metrics.csv").is_file() and (result.log_dir / "hparams.yaml").is_file()
+
+    captured = capsys.readouterr()
+    assert re.search(r"^epoch 1/30, step 43: train loss=\S+ accuracy=\S+ \| validation loss=\S+ accuracy=\S+ \| ",
+                     captured.err, re.MULTILINE), captured.err
+    assert f"Checkpoints: {checkpoints} (best: {result.best_checkpoint.name}" in captured.err
+    assert f"Logs: {result.log_dir} (TensorBoardLogger, CSVLogger)" in captured.err
+    assert "test accuracy:" in captured.out
+    assert f"tensorboard --logdir {tmp_path / 'digits'}" in captured.out
 
 
 def test_second_run_gets_the_next_version_and_draws_progress_bars(tmp_path: Path, capsys) -> None:
@@ -78,7 +86,25 @@ def test_second_run_gets_the_next_version_and_draws_progress_bars(tmp_path: Path
     assert second.epochs == 2
     captured = capsys.readouterr()
     assert "Epoch 1" in captured.err and "Validation" in captured.err and "Test" in captured.err
-    assert "epoch 1: " in captured.out
+    assert "epoch 1/2, step" not in captured.err  # the bars show the epochs' results
+
+
+@pytest.mark.slow
+def test_the_demo_prints_its_epoch_lines_when_piped(tmp_path: Path) -> None:
+    """``make demo`` with its output going to files, as under CI or nohup: no bar, a line per epoch."""
+    root = Path(__file__).resolve().parents[2]
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        subprocess.run(
+            [sys.executable, "-m", "examples.mnist", "--epochs", "2", "--runs-dir", str(tmp_path / "runs")],
+            cwd=root, stdout=out, stderr=err, timeout=300, check=True,
+        )
+    lines = (tmp_path / "err.txt").read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split(",")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert lines[0].startswith("Classifier (registry name Classifier, id ")  # the model summary
+    assert any(line.startswith("Fit completed at epoch 2/2, step 86 in ") for line in lines)
+    assert "\r" not in (tmp_path / "err.txt").read_text()  # no progress bar
+    assert "test accuracy:" in (tmp_path / "out.txt").read_text()
 
 
 # ---------------------------------------------------------------- the command line

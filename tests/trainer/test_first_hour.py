@@ -130,7 +130,8 @@ def test_an_unknown_keyword_suggests_the_closest_argument():
 
 
 def test_callbacks_none_means_no_callbacks():
-    assert Trainer(callbacks=None, enable_progress_bar=False).callbacks == []
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False, "verbose": False}
+    assert Trainer(callbacks=None, **quiet).callbacks == []  # the defaults (bar, summary, console lines) turned off
 
 
 def test_a_callback_class_instead_of_an_instance_is_refused():

@@ -55,7 +55,8 @@ class EarlyStopping(Callback):
 
     The state (``wait_count``, ``best_score``, ``stopped_epoch``, ``stopping_reason``, the best weights) is saved in
     checkpoints and restored on resume; the constructor's arguments (``patience``, thresholds...) are not
-    overridden by a checkpoint, so a resumed run may change them. A fit not resumed from a checkpoint starts with a fresh state.
+    overridden by a checkpoint, so a resumed run may change them. A fit not resumed from a checkpoint starts with a
+    fresh state.
     Put ``EarlyStopping`` before ``ModelCheckpoint`` in the callback list, so a checkpoint holds this epoch's
     state rather than the previous one's.
 

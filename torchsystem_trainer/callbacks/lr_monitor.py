@@ -19,9 +19,10 @@ When values are read:
   the rate of that optimizer step (read before ``optimizer.step()``; with gradient accumulation, one value per
   optimizer step, not per batch).
 
-Reading ``group["lr"]`` is a host float: no synchronisation. Each value is also written, as a scalar tagged with
-its key, to every ``TensorBoardLogger`` in ``trainer.callbacks`` that has an open ``writer``, at the same x-axis
-as that logger's: ``trainer.progress.step`` at an epoch's start, ``GradientsComputed.step`` for a step.
+Reading ``group["lr"]`` is a host float: no synchronisation. Each value is also written, under its key, to every
+:class:`~torchsystem_trainer.callbacks.logger.Logger` in ``trainer.callbacks`` (``TensorBoardLogger``,
+``CSVLogger``...) through its ``record``, at the same x-axis as the loggers' own values: ``trainer.progress.step``
+at an epoch's start, ``GradientsComputed.step`` for a step.
 
 ``lrs`` and ``momentums`` accumulate across fits and are saved in checkpoints, so a resumed fit continues them.
 """
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from typing_extensions import override
 
 from torchsystem_trainer.callbacks.callback import Callback
-from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
+from torchsystem_trainer.callbacks.logger import Logger
 from torchsystem_trainer.strategies.optimizer_step import find_optimizers
 
 if TYPE_CHECKING:
@@ -144,19 +145,17 @@ class LearningRateMonitor(Callback):
         self.momentums = {k: [float(x) for x in v] for k, v in state["momentums"].items()}
 
     def _record(self, trainer: Any, optimizer: Optimizer, keys: list[str], step: int) -> None:
-        writers = [
-            c.writer for c in trainer.callbacks if isinstance(c, TensorBoardLogger) and c.writer is not None
-        ]
-        for group, key in zip(optimizer.param_groups, keys):
+        loggers = [callback for callback in trainer.callbacks if isinstance(callback, Logger)]
+        # groups added after the fit started (add_param_group) have no key yet and are not recorded
+        for group, key in zip(optimizer.param_groups, keys, strict=False):
             values = {key: float(group["lr"])}
             self.lrs[key].append(values[key])
             if self.log_momentum:
                 momentum = group["betas"][0] if "betas" in group else group.get("momentum", 0.0)
                 values[f"{key}-momentum"] = float(momentum)
                 self.momentums[f"{key}-momentum"].append(values[f"{key}-momentum"])
-            for writer in writers:
-                for tag, value in values.items():
-                    writer.add_scalar(tag, value, step)
+            for logger in loggers:
+                logger.record(values, step)
 
 
 def optimizer_keys(optimizers: list[Optimizer]) -> list[tuple[Optimizer, list[str]]]:

@@ -12,6 +12,7 @@ from torchsystem_trainer.registry.accessors import (
     gethash,
     getmetadata,
     getname,
+    getparameters,
     sethash,
     setname,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "gethash",
     "getmetadata",
     "getname",
+    "getparameters",
     "register",
     "sethash",
     "setname",

@@ -11,6 +11,7 @@ escapes. The seed's ``MLP(784, 256, 10, dropout=0.5, activation=ReLU())`` hashes
 
 from __future__ import annotations
 
+import inspect
 import json
 from hashlib import md5
 from typing import Any, TypeVar
@@ -21,12 +22,13 @@ from torchsystem_trainer.registry.metadata import (
     NAME,
     captured_arguments,
     copy_tree,
+    describe,
     explicit_hash,
     find_registration,
     name_of,
 )
 
-__all__ = ["getarguments", "getclass", "gethash", "getmetadata", "getname", "sethash", "setname"]
+__all__ = ["getarguments", "getclass", "gethash", "getmetadata", "getname", "getparameters", "sethash", "setname"]
 
 T = TypeVar("T")
 
@@ -216,3 +218,41 @@ def getclass(obj: T) -> type[T]:
     if captured_arguments(obj) is None:
         raise _unregistered(obj, "class")
     return type(obj)
+
+
+def getparameters(obj: object) -> dict[str, Any]:
+    """The object's full constructor signature: the captured arguments, plus the default of every parameter that
+    was not passed. What a person comparing runs wants (``MLP(64, 32, 10)`` shows its ``dropout=0.0`` too), where
+    :func:`getarguments` keeps only what was passed, as the hash needs.
+
+    Excluded parameters stay out. A default that is an instance of a registered class is described as
+    :func:`getarguments` describes arguments (its name, or ``{'name': ..., 'arguments': ...}``); other defaults
+    are returned as they are. Not part of mlregistry 1.2.3.
+
+    Args:
+        obj: an instance of a registered class.
+
+    Returns:
+        ``{parameter name: value}`` in signature order, then what ``*args``/``**kwargs`` captured; a fresh copy.
+
+    Raises:
+        UnregisteredError: when nothing was captured for ``obj``.
+    """
+    arguments = captured_arguments(obj)
+    if arguments is None:
+        raise _unregistered(obj, "parameters")
+    registration = find_registration(type(obj))
+    full: dict[str, Any] = {}
+    if registration is not None:
+        binder = registration.binder
+        for parameter in binder.parameters:
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or parameter.name in binder.excluded:
+                continue
+            if parameter.name in arguments:
+                full[parameter.name] = copy_tree(arguments[parameter.name])
+            elif parameter.default is not inspect.Parameter.empty:
+                full[parameter.name] = describe(parameter.default)
+    for name, value in arguments.items():  # *args and **kwargs, or every argument of an unknown registration
+        if name not in full:
+            full[name] = copy_tree(value)
+    return full

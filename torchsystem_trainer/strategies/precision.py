@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Any, ContextManager, Literal, get_args
+from contextlib import AbstractContextManager
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-__all__ = ["Precision", "PrecisionType", "PRECISIONS"]
+__all__ = ["PRECISIONS", "Precision", "PrecisionType"]
 
 PrecisionType = Literal["32-true", "64-true", "bf16-mixed", "16-mixed"]
 PRECISIONS: tuple[str, ...] = get_args(PrecisionType)
@@ -57,7 +58,7 @@ class Precision:
             torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
         )
 
-    def forward_context(self) -> ContextManager[Any]:
+    def forward_context(self) -> AbstractContextManager[Any]:
         """The context the aggregate's ``fit``/``evaluate`` run under: ``torch.autocast`` for the mixed
         precisions, a no-op otherwise."""
         if self.autocast_dtype is None:

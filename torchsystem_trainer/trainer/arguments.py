@@ -31,13 +31,12 @@ __all__ = [
 
 LIGHTNING_ONLY: dict[str, str] = {
     "accelerator": "strategy='cpu', 'cuda' or 'mps' (or DDPStrategy(accelerator=...))",
-    "devices": "strategy=DDPStrategy(devices=...) for one process per device, or strategy=SingleDeviceStrategy('cuda:1') "
-    "for one device",
+    "devices": "strategy=DDPStrategy(devices=...) for one process per device, or "
+    "strategy=SingleDeviceStrategy('cuda:1') for one device",
     "num_nodes": "start every node with torchrun --nnodes=N and give strategy='ddp' (docs/distributed.md)",
-    "logger": "callbacks=[TensorBoardLogger(...)]: loggers are callbacks here",
-    "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(...) in callbacks",
+    "logger": "callbacks=[TensorBoardLogger(...), CSVLogger(...)]: loggers are callbacks here",
+    "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(log_every_n_steps=...) in callbacks",
     "enable_checkpointing": "nothing: checkpoints are written only by a ModelCheckpoint in callbacks=[...]",
-    "enable_model_summary": "not available yet: print(aggregate) shows the modules",
     "profiler": "not available yet: torch.profiler.profile() around fit",
     "benchmark": "set torch.backends.cudnn.benchmark = True before fit",
     "detect_anomaly": "call fit inside `with torch.autograd.detect_anomaly():`",
@@ -48,7 +47,8 @@ LIGHTNING_ONLY: dict[str, str] = {
     "inference_mode": "nothing: evaluation always runs under torch.inference_mode()",
     "plugins": "strategy=... and precision=...",
     "overfit_batches": "limit_train_batches=n, giving the training loader as the validation loader too",
-    "barebones": "Trainer(enable_progress_bar=False) with no callbacks: the Trainer adds nothing else",
+    "barebones": "Trainer(enable_progress_bar=False, enable_model_summary=False, verbose=False) with no callbacks: "
+    "the Trainer adds nothing else",
 }
 """Lightning ``Trainer`` keywords this Trainer does not take, each with what to write instead."""
 

@@ -105,7 +105,7 @@ def _deliver_to_all(kind: type, handlers: tuple[Handler, ...]) -> Handler:
         for handler in handlers:
             try:
                 handler(message)
-            except BaseException as error:  # noqa: BLE001 (raised again once every handler ran)
+            except BaseException as error:
                 if first is None:
                     first = error
                 elif error is not first:

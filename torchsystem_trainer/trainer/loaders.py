@@ -122,7 +122,7 @@ def limit_of(loader: Iterable[Any], limit: int | float | None, name: str) -> int
                 f"{name}={limit} is a fraction, but the loader ({type(loader).__name__}) has no len(); "
                 "give an int number of batches"
             ) from None
-        return int(math.floor(size * limit))
+        return math.floor(size * limit)
     return limit
 
 
@@ -245,7 +245,8 @@ def targets_reader(aggregate: Any, required: bool, phase: str) -> Callable[[Any]
         ValueError: (from the returned function, ``required`` only) for a batch without targets, showing the
             batch's structure and the rule.
     """
-    read: Callable[[Any], Any] = aggregate.targets if callable(getattr(type(aggregate), "targets", None)) else batch_targets
+    own = callable(getattr(type(aggregate), "targets", None))
+    read: Callable[[Any], Any] = aggregate.targets if own else batch_targets
     if not required:
         return read
 

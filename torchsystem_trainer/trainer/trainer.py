@@ -100,8 +100,11 @@ class Trainer:
             validation off (Lightning's) and applies to ``validate`` too.
         fast_dev_run: ``True`` (or n): one more epoch of 1 (or n) training and validation batches (and ``test``
             and ``predict`` of 1 or n batches), without sanity check, to smoke-test a set-up; ``ModelCheckpoint``
-            and ``TensorBoardLogger`` write nothing then.
+            and the loggers write nothing then.
         enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
+        enable_model_summary: add a ``ModelSummary`` (a table of the aggregate's modules at each fit's start).
+        verbose: add ``ConsoleLines``: a line per epoch when no progress bar draws, and lines for how a fit
+            resumes and ends and where its files went (on stderr); ``False`` prints none of them.
         default_root_dir: where callbacks put files when not told otherwise (default ``./runs``).
         seed: seed Python, NumPy and torch at the start of every ``fit`` (see ``seed_everything``).
         deterministic: use deterministic algorithms during ``fit`` (``torch.use_deterministic_algorithms``).
@@ -118,6 +121,10 @@ class Trainer:
     default_progress_bar: ClassVar[Callable[[], Consumer] | None] = None
     """Builds the progress bar ``enable_progress_bar`` adds: ``torchsystem_trainer.callbacks.ProgressBar``, set by
     the package's ``__init__`` (the composition root), so this layer imports no callback."""
+    default_model_summary: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the ``ModelSummary`` ``enable_model_summary`` adds; set by the package's ``__init__`` likewise."""
+    default_console: ClassVar[Callable[[], Consumer] | None] = None
+    """Builds the ``ConsoleLines`` ``verbose`` adds; set by the package's ``__init__`` likewise."""
 
     def __init__(
         self,
@@ -135,6 +142,8 @@ class Trainer:
         limit_val_batches: int | float | None = None,
         fast_dev_run: bool | int = False,
         enable_progress_bar: bool | None = None,
+        enable_model_summary: bool = True,
+        verbose: bool = True,
         default_root_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         deterministic: bool = False,
@@ -148,7 +157,8 @@ class Trainer:
         **unknown: Any,
     ) -> None:
         if unknown:
-            check.unknown_keywords(unknown, [name for name in inspect.signature(Trainer).parameters if name != "unknown"])
+            valid = [name for name in inspect.signature(Trainer).parameters if name != "unknown"]
+            check.unknown_keywords(unknown, valid)
         self.max_epochs = check.max_epochs(max_epochs)
         self.max_steps = check.non_negative_int("max_steps", max_steps)
         self.max_time = check.seconds("max_time", max_time)
@@ -181,12 +191,23 @@ class Trainer:
         self.metrics = build_metrics(metrics)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
         callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
+        summary, console = type(self).default_model_summary, type(self).default_console
+        callbacks = _with_default(callbacks, summary, "is_model_summary", enable_model_summary, "enable_model_summary")
+        callbacks = _with_default(callbacks, console, "is_console_lines", verbose, "verbose")
         # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
-        # same event (Lightning does the same; its issue #1464).
-        self.callbacks: list[Consumer] = sorted(callbacks, key=lambda c: callable(getattr(c, "checkpoint_path", None)))
+        # same event (Lightning does the same; its issue #1464); only callbacks that report on them (ConsoleLines)
+        # run after them.
+        self.callbacks: list[Consumer] = sorted(
+            callbacks,
+            key=lambda c: (
+                bool(getattr(c, "runs_after_checkpoints", False)),
+                callable(getattr(c, "checkpoint_path", None)),
+            ),
+        )
         self._subscriptions = check.subscriptions(self.callbacks)
 
         self.loop = LoopState()
+        self.ckpt_path: Path | None = None  # the checkpoint the last fit resumed from (Lightning's ckpt_path)
         self._bus = EventBus([], [])
         self._run = Run(self, self.strategy, self._bus, self.loop)
 
@@ -534,6 +555,7 @@ class Trainer:
             seed_everything(self.seed)
         loop = self.loop
         loop.reset()
+        self.ckpt_path = None
         if aggregate_epoch(aggregate) is None:
             aggregate.epoch = 0  # a first value: an Aggregate fires no onepoch for it
         self._start(aggregate)
@@ -549,6 +571,7 @@ class Trainer:
                 if path is not None:
                     restore(self, aggregate, path)
                     loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
+                    self.ckpt_path = path
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
@@ -664,3 +687,22 @@ class _Outcome(NamedTuple):
 
 def _is_stateful(callback: Any) -> bool:
     return callable(getattr(callback, "state_dict", None)) and callable(getattr(callback, "load_state_dict", None))
+
+
+def _with_default(
+    callbacks: list[Consumer], factory: Callable[[], Consumer] | None, flag: str, enabled: bool, argument: str
+) -> list[Consumer]:
+    """Add ``factory()`` when ``enabled`` and no callback says ``flag``; refuse one given with ``enabled=False``."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"Trainer: {argument}={enabled!r} is invalid; valid: True or False")
+    given = [callback for callback in callbacks if getattr(callback, flag, False)]
+    if not enabled and given:
+        raise ValueError(f"{argument}=False, but callbacks holds a {type(given[0]).__name__}: remove one of them")
+    if enabled and not given:
+        if factory is None:
+            raise ValueError(
+                f"{argument}=True, but the Trainer knows no default for it; import torchsystem_trainer (which "
+                "provides the callbacks' defaults) or pass {argument}=False"
+            )
+        callbacks.append(factory())
+    return callbacks
