@@ -171,8 +171,8 @@ def test_results_of_an_epoch_that_did_not_end_are_written_when_the_fit_ends():
             raise RuntimeError("boom")
 
     logger = MemoryLogger(log_every_n_steps=100)
-    with pytest.raises(RuntimeError, match="boom"):
-        fit(logger, aggregate=FailsInValidation())
+    with pytest.raises(RuntimeError, match="boom"):  # no sanity check, which would fail before any training
+        fit(logger, aggregate=FailsInValidation(), num_sanity_val_steps=0)
     assert logger.names()[-3:] == [(["epoch", "train/loss"], 4), "save", "finalize"]
     assert logger.calls[-1] == ("finalize", "exception")
 

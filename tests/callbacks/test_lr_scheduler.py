@@ -78,7 +78,9 @@ def test_a_step_scheduler_steps_after_each_optimizer_step_as_a_hand_written_loop
             expected.append(reference.optimizer.param_groups[0]["lr"])
             by_hand.step()
     assert rates == expected
-    assert all(torch.equal(a, b) for a, b in zip(aggregate.state_dict().values(), reference.state_dict().values()))
+    trained, by_hand_weights = aggregate.state_dict(), reference.state_dict()
+    assert list(trained) == list(by_hand_weights)
+    assert all(torch.equal(trained[key], by_hand_weights[key]) for key in trained)
 
 
 def test_a_step_scheduler_skips_the_batches_inside_an_accumulation_window():

@@ -3,6 +3,7 @@ limit_test_batches and limit_predict_batches."""
 
 from __future__ import annotations
 
+import io
 import signal
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from tests.checkpoint.helpers import Crash, Snapshot
 from tests.conftest import Classifier, Recorder, make_data
 from torchsystem_trainer import Trainer
-from torchsystem_trainer.callbacks import Callback, EarlyStopping
+from torchsystem_trainer.callbacks import Callback, ConsoleLines, EarlyStopping
 from torchsystem_trainer.trainer.arguments import LIGHTNING_ONLY
 
 
@@ -66,7 +67,7 @@ def test_a_withdrawn_request_lets_the_fit_run_on_to_its_limit():
         def on_iterated(self, event):
             event.trainer.should_stop = False
 
-    trainer, recorder, aggregate = fit([StopAt(1), Withdraw()], max_epochs=4, min_epochs=2)
+    _trainer, recorder, aggregate = fit([StopAt(1), Withdraw()], max_epochs=4, min_epochs=2)
     assert aggregate.epoch == 4 and recorder.events[-1] == ("FitEnded", "completed")
 
 
@@ -117,7 +118,7 @@ def test_max_epochs_minus_one_has_no_epoch_limit():
 
 
 def test_a_minimum_without_a_maximum_trains_until_a_stop_after_it():
-    trainer, recorder, aggregate = fit([StopAt(1)], min_epochs=3)  # no limit: not Keras' one more epoch
+    _trainer, recorder, aggregate = fit([StopAt(1)], min_epochs=3)  # no limit: not Keras' one more epoch
     assert aggregate.epoch == 3 and recorder.events[-1] == ("FitEnded", "stopped")
 
 
@@ -160,3 +161,19 @@ def test_the_new_arguments_are_no_longer_refused_as_lightning_only():
     trainer = Trainer(val_check_interval=3, num_sanity_val_steps=-1, limit_test_batches=1, limit_predict_batches=1,
                       min_epochs=1, min_steps=1)
     assert (trainer.val_check_interval, trainer.num_sanity_val_steps, trainer.min_epochs) == (3, -1, 1)
+
+
+def test_the_console_says_when_a_stop_is_deferred_and_prints_mid_epoch_validations():
+    console = ConsoleLines(file=io.StringIO(), epochs=True)
+    data = make_data()
+    fit([StopAt(2), console], loaders=[("train", data), ("validation", data[:1])], max_epochs=10, min_epochs=2,
+        val_check_interval=2, num_sanity_val_steps=0)
+    deferred = [line for line in console.lines if line.startswith("Stop requested")]
+    expected = "Stop requested at epoch 0/10 + 2 batches, step 2, deferred until min_epochs=2: training goes on"
+    assert deferred == [expected]
+    mid = [line for line in console.lines if "+ 2 batches" in line and "validation loss=" in line]
+    assert [line.split(":")[0] for line in mid] == ["epoch 0/10 + 2 batches, step 2", "epoch 1/10 + 2 batches, step 6"]
+    assert console.lines[-1].startswith("Stopped at epoch 2/10, step 8")
+    unlimited = ConsoleLines(file=io.StringIO(), epochs=True)
+    fit([unlimited], max_epochs=-1, max_steps=4)
+    assert unlimited.lines[0].startswith("epoch 1, step 4: train loss=")  # no "/-1"

@@ -28,7 +28,8 @@ def fit(batches=4, validation_batches=1, max_epochs=1, callbacks=(), aggregate=N
     arguments.setdefault("enable_progress_bar", False)
     trainer = Trainer(callbacks=[recorder, *callbacks], max_epochs=max_epochs, num_sanity_val_steps=0, **arguments)
     aggregate = aggregate or Classifier()
-    trainer.fit(aggregate, [("train", make_data(samples=4 * batches)), ("validation", make_data(samples=4 * validation_batches))])
+    validation = make_data(samples=4 * validation_batches)
+    trainer.fit(aggregate, [("train", make_data(samples=4 * batches)), ("validation", validation)])
     return trainer, recorder
 
 
@@ -92,7 +93,7 @@ def test_validations_fall_where_lightning_puts_them(batches, interval, every_n_e
 
 
 def test_an_epoch_end_validation_is_reported_by_iterated_a_mid_epoch_one_by_mid_epoch_validated():
-    trainer, recorder = fit(batches=4, max_epochs=3, val_check_interval=3, check_val_every_n_epoch=None)
+    _trainer, recorder = fit(batches=4, max_epochs=3, val_check_interval=3, check_val_every_n_epoch=None)
     iterated = [e for e in recorder.events if e[0] == "Iterated"]
     assert len(iterated) == 3
     results = {}
@@ -304,7 +305,7 @@ def test_a_checkpoint_written_between_a_batch_and_its_validation_runs_that_valid
     torch.manual_seed(0)
     resumed, recorder = resumable_fit(tmp_path, [], ckpt_path=tmp_path / "between.ckpt")
     assert same_weights(resumed, reference)
-    epoch, batch = divmod(step, 8)
+    epoch = step // 8
     assert recorder.events[:6] == [
         ("FitStarted",),
         ("EpochStarted", epoch),
@@ -320,7 +321,8 @@ def test_a_checkpoint_written_between_a_batch_and_its_validation_runs_that_valid
 
 def test_the_progress_bar_keeps_the_epochs_bar_through_a_mid_epoch_validation():
     stream = io.StringIO()
-    fit(batches=4, val_check_interval=0.5, callbacks=[ProgressBar(file=stream, mininterval=0)], enable_progress_bar=None)
+    bar = ProgressBar(file=stream, mininterval=0)
+    fit(batches=4, val_check_interval=0.5, callbacks=[bar], enable_progress_bar=None)
     text = stream.getvalue()
     assert "Epoch 0: 100%" in text and "4/4" in text
 
@@ -360,4 +362,4 @@ def test_a_checkpoint_written_by_the_validation_a_resumed_fit_ran_first_resumes_
     torch.manual_seed(0)
     resumed, recorder = resumable_fit(tmp_path, [], ckpt_path=tmp_path / "second.ckpt")
     assert same_weights(resumed, reference)
-    assert [e for e in recorder.events if e[0] == "BatchTrained"][0] == ("BatchTrained", 0, 3, 4)
+    assert next(e for e in recorder.events if e[0] == "BatchTrained") == ("BatchTrained", 0, 3, 4)

@@ -51,10 +51,11 @@ class ModelCheckpoint(Callback):
     An epoch checkpoint is written at ``Iterated`` (its progress says the next epoch, batch 0), and, in the same
     epochs (``every_n_epochs``), after each validation inside an epoch (``MidEpochValidated``,
     ``val_check_interval``: its progress is that batch's, the validation done), as Lightning saves after every
-    validation; a step checkpoint at ``BatchTrained`` (its progress counts that batch). A file that leaves the top ``k`` is deleted only after
-    the new file is complete. A name already in use gets ``-v1``, ``-v2``... (no file is overwritten by another
-    checkpoint), except that an epoch checkpoint written at the same optimizer step as the step checkpoint before
-    it replaces that file: it is the same point of training, with the epoch's end recorded.
+    validation; a step checkpoint at ``BatchTrained`` (its progress counts that batch). A file that leaves the top
+    ``k`` is deleted only after the new file is complete. A name already in use gets ``-v1``, ``-v2``... (no file is
+    overwritten by another checkpoint), except that an epoch (or mid-epoch validation) checkpoint written at the same
+    optimizer step as the step checkpoint before it replaces that file: it is the same point of training, with the
+    epoch's end (or the validation) recorded.
 
     With ``monitor``, the monitored value of an epoch checkpoint is the epoch's result, of a mid-epoch validation's
     checkpoint that validation's (``MidEpochValidated.results``, ``"validation/..."`` keys only); a step checkpoint
