@@ -12,6 +12,7 @@ before anything is written), one section per owner of state, each asked through 
 
     loop = {"progress": {"epoch", "batch", "step", "global_step"},   # batch: consumed in the current epoch
             "world_size": int,                                      # processes of the run that wrote it
+            "global_rank": int,                                     # the process that wrote it
             "should_stop": bool,                                    # the fit had decided to stop
             "train": {"epoch_start": {"rng", "generators"} | None,  # see checkpoint.resume
                       "generators": [uint8 tensor], "rng": RNGState | None, "persistent": bool},
@@ -67,6 +68,7 @@ __all__ = [
     "read_checkpoint",
     "resolve_checkpoint_path",
     "restore",
+    "restore_state",
 ]
 
 FORMAT = "torchsystem-trainer"
@@ -222,7 +224,27 @@ def restore(trainer: TrainerState, aggregate: Module, path: str | Path) -> None:
             loader whose generators differ from the checkpoint's; naming the file.
     """
     source = repr(str(path))
-    state = read_checkpoint(path)
+    restore_state(trainer, aggregate, read_checkpoint(path), source)
+
+
+def restore_state(trainer: TrainerState, aggregate: Module, state: dict[str, Any], source: str) -> None:
+    """Load a checkpoint already read (what :func:`read_checkpoint` returned, or a sharded checkpoint's state with
+    its shards loaded: :func:`~torchsystem_trainer.checkpoint.sharded.restore_sharded`) into ``trainer`` and
+    ``aggregate``, as :func:`restore` describes.
+
+    Args:
+        trainer: the ``Trainer``, inside ``fit``.
+        aggregate: the aggregate.
+        state: the checkpoint.
+        source: how messages name it (``"'path'"``).
+
+    Raises:
+        CheckpointError: for a weights-only checkpoint, or one that does not match the aggregate, the metrics or a
+            callback, naming ``source``.
+
+    Warns:
+        UserWarning: as :func:`restore`.
+    """
     if state.get("weights_only"):
         raise CheckpointError(
             f"{source} is a weights-only checkpoint (save_weights_only=True): it holds no optimizer, loop, callback "

@@ -145,10 +145,10 @@ class LoopState:
         Call it from an event handler of a running fit: the position is the one of that moment.
 
         Returns:
-            ``{"progress": {...}, "world_size": int, "should_stop": bool, "train": position | None,
-            "train_results": PhaseResults.state_dict() | None, "generators": {phase: [uint8 tensor]},
-            "sampler_seeds": {phase: int}, "validated_step": int | None}``; ``"train"`` holds the global
-            generators' states of this moment (``"rng"``) when the epoch is unfinished.
+            ``{"progress": {...}, "world_size": int, "global_rank": int, "should_stop": bool,
+            "train": position | None, "train_results": PhaseResults.state_dict() | None,
+            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}, "validated_step": int | None}``;
+            ``"train"`` holds the global generators' states of this moment (``"rng"``) when the epoch is unfinished.
         """
         consumed = self.progress.batch
         train = self.loaders.get("train")
@@ -156,6 +156,7 @@ class LoopState:
         return {
             "progress": self.progress.state_dict(),
             "world_size": int(self.world_size),
+            "global_rank": int(self.global_rank),
             "should_stop": bool(self.should_stop and not self.stop_signalled),
             "train": None if train is None else self.position.state_dict(train, consumed),
             "train_results": None if results is None else results.state_dict(),
@@ -214,10 +215,12 @@ class LoopState:
 
     def _restored_results(self, state: dict[str, Any], consumed: int, saved_world_size: int) -> PhaseResults | None:
         """The unfinished epoch's training results, loaded into a new ``PhaseResults``; ``None`` when there are none
-        to take: at an epoch's boundary, and under several processes except on global rank 0 (the file holds rank
-        0's; the others start the epoch's results afresh)."""
+        to take: at an epoch's boundary, and under several processes in a process whose own results the state does
+        not hold (a checkpoint file holds rank 0's, and the others start the epoch's results afresh; a sharded
+        checkpoint holds every process's)."""
         saved = state.get("train_results")
-        if consumed == 0 or saved_world_size != self.world_size or self.global_rank:
+        own = int(state.get("global_rank", 0)) == self.global_rank
+        if consumed == 0 or saved_world_size != self.world_size or not own:
             return None
         if saved is None:
             warnings.warn(

@@ -317,7 +317,7 @@ def evaluate_batches(
     listeners = run.bus.handlers(batch_event) if batch_event is not None else ()
     wants_targets = results.metrics is not None or bool(listeners)
     read_targets = targets_reader(aggregate, results.metrics is not None, phase)
-    with torch.inference_mode(), strategy.forward_context():
+    with torch.inference_mode(), strategy.evaluation_context():
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
                 break
@@ -361,7 +361,7 @@ def predict_phase(run: Run, aggregate: Any, loader: Iterable[Any], limit: int | 
     bus.emit(PhaseStarted, source, aggregate, run.loop.progress.epoch, "predict", planned_batches(loader, count))
     predict: Callable[[Any], Any] | None = getattr(aggregate, "predict", None)
     predictions: list[Any] = []
-    with torch.inference_mode(), run.strategy.forward_context():
+    with torch.inference_mode(), run.strategy.evaluation_context():
         for index, batch in enumerate(loader):
             if count is not None and index >= count:
                 break

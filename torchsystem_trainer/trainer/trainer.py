@@ -25,6 +25,13 @@ from torchsystem_trainer.checkpoint import (
     resolve_checkpoint_path,
     restore,
 )
+from torchsystem_trainer.checkpoint.sharded import (
+    is_sharded_checkpoint,
+    read_consolidated,
+    restore_sharded,
+    save_sharded,
+    sharded_checkpoint_state,
+)
 from torchsystem_trainer.events import (
     EndReason,
     ExceptionRaised,
@@ -70,7 +77,7 @@ class Trainer:
             handlers with ``Depends``). Checked here: a ``Callback`` method that looks
             like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
-            ``"cuda"``, ``"mps"``, ``"ddp"``.
+            ``"cuda"``, ``"mps"``, ``"ddp"``, ``"fsdp"``.
         max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``;
             ``-1``: no epoch limit (Lightning's), the fit ends by another limit or a stop.
         max_steps: stop after this many optimizer steps (>= 0); with gradient accumulation a step spans
@@ -201,7 +208,7 @@ class Trainer:
             callbacks,
             key=lambda c: (
                 bool(getattr(c, "runs_after_checkpoints", False)),
-                callable(getattr(c, "checkpoint_path", None)),
+                _is_checkpointer(c),
             ),
         )
         self._subscriptions = check.subscriptions(self.callbacks)
@@ -449,7 +456,11 @@ class Trainer:
         """Write a checkpoint of ``aggregate`` and this trainer now, atomically, as ``ModelCheckpoint`` does
         (Lightning's ``Trainer.save_checkpoint``): the whole state of ``checkpoint_state`` (resumable with
         ``fit(ckpt_path=filepath)``), or with ``weights_only`` the weights alone (``weights_state``: for
-        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only.
+        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only; under a
+        strategy with sharded checkpoints (``FSDPStrategy``) every process must call it: the whole state is then a
+        ``torch.distributed.checkpoint`` folder at ``filepath`` each process writes its shard of
+        (:mod:`~torchsystem_trainer.checkpoint.sharded`), and the weights-only file holds the weights gathered to
+        rank 0.
 
         Args:
             filepath: the file; its folder is created when missing.
@@ -473,7 +484,13 @@ class Trainer:
                 "Trainer.save_checkpoint: aggregate=None and this trainer has run no aggregate in this process; "
                 "pass aggregate="
             )
-        state = weights_state(target, self.callbacks) if weights_only else checkpoint_state(self, target)
+        if self.strategy.sharded_checkpoints and not weights_only:
+            return save_sharded(sharded_checkpoint_state(self, target), filepath)
+        if weights_only:
+            gathered = self.strategy.aggregate_state(target)["modules"] if self.strategy.sharded_checkpoints else None
+            state = weights_state(target, self.callbacks, modules=gathered)
+        else:
+            state = checkpoint_state(self, target)
         if self.strategy.is_global_zero:
             save_atomic(state, filepath)
         return Path(filepath)
@@ -528,10 +545,11 @@ class Trainer:
         run."""
         strategy = self.strategy
         zero = strategy.is_global_zero
+        sharded = strategy.sharded_checkpoints  # every process writes its shard: checkpoint callbacks run everywhere
         kept = [
             (callback, table)
             for callback, table in zip(self.callbacks, self._subscriptions, strict=True)
-            if zero or not getattr(callback, "rank_zero_only", False)
+            if zero or not getattr(callback, "rank_zero_only", False) or (sharded and _is_checkpointer(callback))
         ]
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
         strategy.configure(
@@ -569,7 +587,7 @@ class Trainer:
                 loop.loaders = dict(loaders)
                 path = None if ckpt_path is None else resolve_checkpoint_path(self, ckpt_path)
                 if path is not None:
-                    restore(self, aggregate, path)
+                    (restore_sharded if is_sharded_checkpoint(path) else restore)(self, aggregate, path)
                     loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
                     self.ckpt_path = path
                 try:
@@ -618,7 +636,8 @@ class Trainer:
             path = resolve_checkpoint_path(self, ckpt_path)
             if path is None:
                 raise ValueError(f"Trainer.{method}: ckpt_path={ckpt_path!r}, but there is no checkpoint yet")
-            load_aggregate_state(aggregate, read_checkpoint(path)["aggregate"], str(path))
+            saved = read_consolidated(path, weights_only=True) if is_sharded_checkpoint(path) else read_checkpoint(path)
+            load_aggregate_state(aggregate, saved["aggregate"], str(path))
         return self._launch(self._run_evaluation, aggregate, loader, phase)
 
     def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
@@ -683,6 +702,11 @@ class _Outcome(NamedTuple):
 
     result: Any
     state: dict[str, Any] | None
+
+
+def _is_checkpointer(callback: Any) -> bool:
+    """Whether ``callback`` writes checkpoints (it finds them for ``ckpt_path="last"``: ``ModelCheckpoint``)."""
+    return callable(getattr(callback, "checkpoint_path", None))
 
 
 def _is_stateful(callback: Any) -> bool:
