@@ -191,3 +191,21 @@ def test_a_resumed_fit_skips_the_check(classifier, data, tmp_path):
 def test_an_invalid_num_sanity_val_steps_is_refused_naming_it(value):
     with pytest.raises(ValueError, match=rf"num_sanity_val_steps={value!r} is invalid; valid: an int >= 0"):
         Trainer(num_sanity_val_steps=value)
+
+
+def test_a_buffer_a_module_creates_at_its_first_forward_is_still_usable_by_training(data):
+    class LazyScale(Classifier):
+        """Creates its output scale at the first forward (as a rotary-embedding or mask cache does)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale: torch.Tensor | None = None
+
+        def forward(self, inputs):
+            if self.scale is None:
+                self.scale = torch.ones(2)
+            return self.nn(inputs) * self.scale  # saved for the backward: must not be an inference tensor
+
+    aggregate = LazyScale()
+    Trainer(max_epochs=1, enable_progress_bar=False).fit(aggregate, [("train", data), ("validation", data)])
+    assert aggregate.epoch == 1 and not aggregate.scale.is_inference()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,9 +292,10 @@ def evaluate_batches(
     phase: str,
     limit: int | None,
     batch_event: type | None,
+    grad_mode: Callable[[], AbstractContextManager[Any]] = torch.inference_mode,
 ) -> dict[str, float]:
-    """Evaluate up to ``limit`` batches of ``loader`` under ``torch.inference_mode()`` into ``results`` (reset
-    first), emitting ``batch_event`` per batch when someone handles it; no phase event.
+    """Evaluate up to ``limit`` batches of ``loader`` under ``grad_mode()`` into ``results`` (reset first),
+    emitting ``batch_event`` per batch when someone handles it; no phase event.
 
     Args:
         run: the run.
@@ -303,6 +305,9 @@ def evaluate_batches(
         phase: the phase's name, for error messages.
         limit: the number of batches, ``None`` for all.
         batch_event: ``BatchValidated``/``BatchTested``, or ``None`` for no batch event.
+        grad_mode: ``torch.inference_mode`` (the phases), or ``torch.no_grad`` where the evaluation may be the
+            first forward of the process (the sanity check): a buffer a module creates at its first forward, or a
+            sharded strategy's gathered parameters, would otherwise be an inference tensor that training cannot use.
 
     Returns:
         The results, reduced over the processes.
@@ -317,7 +322,7 @@ def evaluate_batches(
     listeners = run.bus.handlers(batch_event) if batch_event is not None else ()
     wants_targets = results.metrics is not None or bool(listeners)
     read_targets = targets_reader(aggregate, results.metrics is not None, phase)
-    with torch.inference_mode(), strategy.evaluation_context():
+    with grad_mode(), strategy.evaluation_context():
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
                 break

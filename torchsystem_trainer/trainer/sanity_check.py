@@ -5,7 +5,10 @@ rather than after a whole training epoch.
 What it fires, and what it leaves:
 
 * ``SanityCheckStarted(batches)``, then ``SanityCheckEnded(results)``; between them the aggregate's ``evaluate``
-  runs under ``torch.inference_mode()`` with ``trainer.sanity_checking`` set. No ``PhaseStarted``,
+  runs under ``torch.no_grad()`` (not ``inference_mode``, as the validations after training has begun: this is
+  the process's first forward, and a buffer a module creates then, or a sharded strategy's gathered parameters,
+  would be an inference tensor that training cannot use; Lightning uses ``no_grad`` under FSDP for that reason) with
+  ``trainer.sanity_checking`` set. No ``PhaseStarted``,
   ``BatchValidated`` or ``Validated`` fires (Lightning calls its validation hooks with
   ``trainer.sanity_checking`` set and relies on every consumer to check it; here nothing that reacts to a
   validation can mistake these batches for one), and the results reach no ``callback_metrics``.
@@ -24,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+import torch
 
 from torchsystem_trainer.checkpoint import generator_states, load_generator_states, load_rng_state, rng_state
 from torchsystem_trainer.events import SanityCheckEnded, SanityCheckStarted
@@ -61,7 +66,9 @@ def sanity_check(run: Run, aggregate: Any, loader: Iterable[Any], steps: int, li
     loop.sanity_checking = True
     try:
         bus.emit(SanityCheckStarted, source, aggregate, planned_batches(loader, batches))
-        results = evaluate_batches(run, aggregate, loader, loop.results(_RESULTS), "validation", batches, None)
+        results = evaluate_batches(
+            run, aggregate, loader, loop.results(_RESULTS), "validation", batches, None, grad_mode=torch.no_grad
+        )
         bus.emit(SanityCheckEnded, source, aggregate, results)
     finally:
         loop.sanity_checking = False
