@@ -49,7 +49,14 @@ from torchsystem_trainer.checkpoint.sharded import (
     sharded_checkpoint_state,
 )
 from torchsystem_trainer.checkpoint.staging import Stager
-from torchsystem_trainer.events import BatchTrained, ExceptionRaised, FitEnded, FitStarted, Iterated
+from torchsystem_trainer.events import (
+    BatchTrained,
+    ExceptionRaised,
+    FitEnded,
+    FitStarted,
+    Iterated,
+    MidEpochValidated,
+)
 
 __all__ = ["ModelCheckpoint"]
 
@@ -63,14 +70,18 @@ class ModelCheckpoint(Callback):
     Each file holds :func:`~torchsystem_trainer.checkpoint.checkpoint_state` (aggregate, loop progress, every
     callback's state, precision scaler, random generators), written with
     :func:`~torchsystem_trainer.checkpoint.save_atomic`, so ``Trainer.fit(ckpt_path=...)`` continues from it.
-    An epoch checkpoint is written at ``Iterated`` (its progress says the next epoch, batch 0); a step checkpoint
-    at ``BatchTrained`` (its progress counts that batch). A file that leaves the top ``k`` is deleted only after
-    the new file is complete. A name already in use gets ``-v1``, ``-v2``... (no file is overwritten by another
-    checkpoint), except that an epoch checkpoint written at the same optimizer step as the step checkpoint before
-    it replaces that file: it is the same point of training, with the epoch's end recorded.
+    An epoch checkpoint is written at ``Iterated`` (its progress says the next epoch, batch 0), and, in the same
+    epochs (``every_n_epochs``), after each validation inside an epoch (``MidEpochValidated``,
+    ``val_check_interval``: its progress is that batch's, the validation done), as Lightning saves after every
+    validation; a step checkpoint at ``BatchTrained`` (its progress counts that batch). A file that leaves the top
+    ``k`` is deleted only after the new file is complete. A name already in use gets ``-v1``, ``-v2``... (no file is
+    overwritten by another checkpoint), except that an epoch (or mid-epoch validation) checkpoint written at the same
+    optimizer step as the step checkpoint before it replaces that file: it is the same point of training, with the
+    epoch's end (or the validation) recorded.
 
-    With ``monitor``, the monitored value of an epoch checkpoint is the epoch's result; a step checkpoint uses the
-    latest epoch's results (``trainer.callback_metrics``). At a save where ``monitor`` (or a metric in
+    With ``monitor``, the monitored value of an epoch checkpoint is the epoch's result, of a mid-epoch validation's
+    checkpoint that validation's (``MidEpochValidated.results``, ``"validation/..."`` keys only); a step checkpoint
+    uses the latest results (``trainer.callback_metrics``). At a save where ``monitor`` (or a metric in
     ``filename``) is missing because its phase did not run, no top-k file is written (``last.ckpt`` still is).
     A ``nan`` score ranks worst.
 
@@ -216,6 +227,12 @@ class ModelCheckpoint(Callback):
 
     def on_iterated(self, event: Iterated) -> None:
         """Save at the end of every ``every_n_epochs``-th epoch."""
+        if event.trainer.fast_dev_run or not self.every_n_epochs or (event.epoch + 1) % self.every_n_epochs:
+            return
+        self._save(event.trainer, event.aggregate, event.epoch, event.results)
+
+    def on_mid_epoch_validated(self, event: MidEpochValidated) -> None:
+        """Save after a validation inside an epoch of every ``every_n_epochs``-th epoch, ranked by its results."""
         if event.trainer.fast_dev_run or not self.every_n_epochs or (event.epoch + 1) % self.every_n_epochs:
             return
         self._save(event.trainer, event.aggregate, event.epoch, event.results)

@@ -18,7 +18,8 @@ before anything is written), one section per owner of state, each asked through 
                       "generators": [uint8 tensor], "rng": RNGState | None, "persistent": bool},
             "train_results": PhaseResults.state_dict() | None,      # the current epoch's, when batch > 0
             "generators": {phase: [uint8 tensor]},                  # other loaders' torch.Generator states
-            "sampler_seeds": {phase: int}}                          # DistributedSampler seeds
+            "sampler_seeds": {phase: int},                          # DistributedSampler seeds
+            "validated_step": int | None}                           # the latest mid-epoch validation's step
 
 A weights-only checkpoint (``ModelCheckpoint(save_weights_only=True)``, ``trainer.save_checkpoint(path,
 weights_only=True)``, :func:`~torchsystem_trainer.checkpoint.weights_state`) has ``"weights_only": True``, the

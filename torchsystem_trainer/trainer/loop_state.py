@@ -13,8 +13,10 @@ What it holds:
   (:class:`~torchsystem_trainer.checkpoint.TrainPosition`);
 * the running results of every phase (:meth:`LoopState.results`), the training phase's saved mid-epoch;
 * the stop flags: ``should_stop``, ``stop_signalled`` (set by ``SIGTERM``/``SIGINT``), ``interrupted``,
-  ``received_signal``;
-* ``callback_metrics``, the last epoch's results;
+  ``received_signal``, ``stop_deferred`` (a stop deferred by ``min_epochs``/``min_steps``);
+* ``validated_step``: the ``progress.step`` of the fit's latest mid-epoch validation (``val_check_interval``);
+* ``sanity_checking``: the sanity check before the first training batch is running;
+* ``callback_metrics``, the last epoch's results (and the latest mid-epoch validation's);
 * ``loaders``: the running fit's loaders (as the strategy adapted them), by phase; empty outside a fit.
 
 A new feature that keeps per-phase state a checkpoint must hold (a reduction of logged values, a mid-epoch
@@ -55,7 +57,14 @@ class LoopState:
             so a resumed fit continues).
         interrupted: the last fit ended ``"interrupted"``.
         received_signal: the signal number that stopped the last fit, or ``None``.
-        callback_metrics: the last finished epoch's results, ``{"<phase>/<name>": float}``.
+        stop_deferred: a requested stop was deferred in this fit because ``min_epochs``/``min_steps`` was not
+            reached (``StopDeferred`` fired; not saved).
+        validated_step: ``progress.step`` when the fit's latest mid-epoch validation ran (``None``: none yet); a
+            fit resumed at a position where a mid-epoch validation is due runs it unless this says it ran.
+        sanity_checking: the sanity check (``num_sanity_val_steps``) is running (Lightning's
+            ``trainer.sanity_checking``).
+        callback_metrics: the last finished epoch's results, ``{"<phase>/<name>": float}``, updated with each
+            mid-epoch validation's ``"validation/<name>"`` results as it ends.
         world_size, global_rank: the processes of the run this state belongs to (set by :meth:`begin`).
     """
 
@@ -67,6 +76,9 @@ class LoopState:
         self.stop_signalled = False
         self.interrupted = False
         self.received_signal: int | None = None
+        self.stop_deferred = False
+        self.validated_step: int | None = None
+        self.sanity_checking = False
         self.callback_metrics: dict[str, float] = {}
         self.world_size = 1
         self.global_rank = 0
@@ -83,6 +95,8 @@ class LoopState:
         self.loaders = {}
         self.should_stop = self.stop_signalled = self.interrupted = False
         self.received_signal = None
+        self.stop_deferred = self.sanity_checking = False
+        self.validated_step = None
         self.callback_metrics = {}
         self._results = {}
 
@@ -133,8 +147,8 @@ class LoopState:
         Returns:
             ``{"progress": {...}, "world_size": int, "global_rank": int, "should_stop": bool,
             "train": position | None, "train_results": PhaseResults.state_dict() | None,
-            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}}``; ``"train"`` holds the global
-            generators' states of this moment (``"rng"``) when the epoch is unfinished.
+            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}, "validated_step": int | None}``;
+            ``"train"`` holds the global generators' states of this moment (``"rng"``) when the epoch is unfinished.
         """
         consumed = self.progress.batch
         train = self.loaders.get("train")
@@ -152,12 +166,15 @@ class LoopState:
             "sampler_seeds": {
                 phase: seed for phase, loader in self.loaders.items() if (seed := _sampler_seed(loader)) is not None
             },
+            "validated_step": self.validated_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output: the counters, the stop request, the training loader's position
         (the next training phase starts at the saved batch), the epoch's training results, the other loaders'
-        generators and the ``DistributedSampler`` seeds. Call it after :meth:`begin`, with :attr:`loaders` set.
+        generators, the ``DistributedSampler`` seeds and the latest mid-epoch validation's step (a file written
+        before it was saved: ``None``, so a validation due at the saved position runs). Call it after
+        :meth:`begin`, with :attr:`loaders` set.
 
         Everything is checked before anything changes.
 
@@ -180,9 +197,12 @@ class LoopState:
             position.load_state_dict(train, train.get("rng"), consumed)
         progress = Progress()
         progress.load_state_dict({**saved_progress, "batch": consumed})
+        validated = state.get("validated_step")
+        validated_step = None if validated is None else int(validated)
         # checked: now change
         self.progress, self.position = progress, position
         self.should_stop = bool(state.get("should_stop", False))
+        self.validated_step = validated_step
         if results is not None:
             self._results["train"] = results
         for phase, states in state.get("generators", {}).items():
