@@ -69,15 +69,15 @@ def loaders() -> list[tuple[str, Any]]:
 
 
 class Faults(Callback):
-    """Applies the armed fault of this rank (the first whose marker is missing), once."""
+    """Applies this rank's armed fault (the first whose marker is missing), once; after a fault the process survives
+    (``slow``), the next one is armed."""
 
-    def __init__(self, fault: dict[str, Any] | None, marker: Path | None, out: Path) -> None:
-        self.fault, self.marker, self.out = fault, marker, out
+    def __init__(self, config: dict[str, Any], out: Path, rank: int) -> None:
+        self.config, self.out, self.rank = config, out, rank
 
-    def _fire(self) -> None:
-        assert self.fault is not None and self.marker is not None
-        self.marker.touch()
-        event = self.fault["event"]
+    def _fire(self, fault: dict[str, Any], marker: Path) -> None:
+        marker.touch()
+        event = fault["event"]
         if event == "freeze":
             agent = os.getppid()
             save_atomic({"worker": os.getpid(), "agent": agent}, self.out / "frozen.pt")
@@ -99,16 +99,20 @@ class Faults(Callback):
             time.sleep(0.05)
         raise AssertionError("the watchdogs did not report the stall within 60 s")
 
+    def _check(self, event: str, at: int) -> None:
+        fault, marker = armed_fault(self.config, self.out, self.rank)
+        if fault is not None and marker is not None and fault["event"] == event and fault["at"] == at:
+            self._fire(fault, marker)
+
     def on_fit_started(self, event: Any) -> None:
         self.strategy = event.trainer.strategy
 
     def on_batch_trained(self, event: Any) -> None:
-        if self.fault and self.fault["event"] in ("BatchTrained", "freeze", "slow") and event.step == self.fault["at"]:
-            self._fire()
+        for kind in ("BatchTrained", "freeze", "slow"):
+            self._check(kind, event.step)
 
     def on_epoch_started(self, event: Any) -> None:
-        if self.fault and self.fault["event"] == "EpochStarted" and event.epoch == self.fault["at"]:
-            self._fire()
+        self._check("EpochStarted", event.epoch)
 
 
 def armed_fault(config: dict[str, Any], out: Path, rank: int) -> tuple[dict[str, Any] | None, Path | None]:
@@ -145,7 +149,7 @@ def main(config: dict[str, Any]) -> None:
         save_last=True,
         async_save=bool(config.get("async_save", False)),
     )
-    callbacks: list[Any] = [Faults(fault, marker, out), checkpoint]
+    callbacks: list[Any] = [Faults(config, out, rank), checkpoint]
     torch.manual_seed(0)
     aggregate = Net()
     trainer = Trainer(
