@@ -112,5 +112,6 @@ def test_the_checkpoint_benchmark_runs_its_variants_and_writes_its_report(tmp_pa
     report = json.loads((tmp_path / "checkpoint-benchmark.json").read_text())
     assert [(run["variant"], len(run["stalls_s"])) for run in report["runs"]] == [("none", 0), ("sync", 2), ("async", 2)]
     summary = report["summary"]["quick"]
-    assert summary["async"]["checkpoint_bytes"] == summary["sync"]["checkpoint_bytes"] > 0
+    sync_bytes, async_bytes = summary["sync"]["checkpoint_bytes"], summary["async"]["checkpoint_bytes"]
+    assert sync_bytes > 0 and abs(async_bytes - sync_bytes) < 1024  # the same state (the folders' names differ)
     assert summary["async_stall_over_sync_save"] > 0 and "| quick |" in done.stdout
