@@ -293,7 +293,7 @@ def test_sharded_checkpoints_are_staged_and_written_in_the_background_as_synchro
     """FSDP (one process): each sharded folder is written by the writer thread on a process group of its own, after
     the training thread moved on, and holds what the synchronous run's folder of that name holds."""
     from tests.strategies.test_fsdp import Net, full, loaders
-    from torchsystem_trainer.callbacks import model_checkpoint as model_checkpoint_module
+    from torchsystem_trainer.callbacks import checkpoint_writes
     from torchsystem_trainer.checkpoint.sharded import read_consolidated
     from torchsystem_trainer.strategies import FSDPStrategy
 
@@ -312,7 +312,7 @@ def test_sharded_checkpoints_are_staged_and_written_in_the_background_as_synchro
         return aggregate
 
     synchronous = fsdp_fit(tmp_path / "sync", False, [])
-    gate, real = Gate(), model_checkpoint_module.save_sharded
+    gate, real = Gate(), checkpoint_writes.save_sharded
     groups: list[Any] = []
 
     def gated(state: Any, folder: Any, process_group: Any = None) -> Any:
@@ -324,7 +324,7 @@ def test_sharded_checkpoints_are_staged_and_written_in_the_background_as_synchro
         finally:
             gate.release()
 
-    monkeypatch.setattr(model_checkpoint_module, "save_sharded", gated)
+    monkeypatch.setattr(checkpoint_writes, "save_sharded", gated)
     background = fsdp_fit(tmp_path / "async", True, [gate])
     assert len(groups) == 5 and all(group is not None for group in groups)  # steps 3, 6, 9, 12, 15; not the default
     assert gate.writes == [0] * 5

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import torch.distributed as dist
 from typing_extensions import override
 
 from torchsystem_trainer.callbacks.callback import Callback
@@ -32,23 +30,23 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
     best_of,
     check_template,
     free_path,
-    link_or_write,
     newest_checkpoint,
     render,
     warn_untracked,
 )
+from torchsystem_trainer.callbacks.checkpoint_writes import (
+    BackgroundWrites,
+    remove_checkpoint,
+    write_collectively,
+    write_files,
+)
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
 from torchsystem_trainer.checkpoint import callback_keys, checkpoint_state, load_file, save_atomic, weights_state
-from torchsystem_trainer.checkpoint.async_writer import AsyncWriter
 from torchsystem_trainer.checkpoint.sharded import (
-    copy_sharded,
     is_complete,
     is_sharded_checkpoint,
     read_sharded,
-    save_sharded,
-    sharded_checkpoint_state,
 )
-from torchsystem_trainer.checkpoint.staging import Stager
 from torchsystem_trainer.events import (
     BatchTrained,
     ExceptionRaised,
@@ -118,8 +116,10 @@ class ModelCheckpoint(Callback):
             last one before it ends, and an error of a background write is raised in the fit (at the next
             checkpoint or at the end) as a ``CheckpointError`` naming the file. Crash safety is unchanged: a
             ``SIGKILL`` during a background write leaves the previous checkpoint complete and in charge. Costs
-            CPU memory the size of one checkpoint for the fit's duration (torch.distributed.checkpoint's
-            ``async_save`` does the same for sharded checkpoints).
+            CPU memory the size of one checkpoint for the fit's duration. Under sharded checkpoints every process
+            copies its shards with ``torch.distributed.checkpoint``'s stager and writes them in the background on a
+            process group of the writers' own, as DCP's ``async_save`` does. The pause per checkpoint is measured in
+            docs/performance.md ("Asynchronous checkpoints").
 
     A fit stopped by ``SIGTERM`` or ``SIGINT`` (``FitEnded`` with reason ``"interrupted"`` and no
     ``ExceptionRaised``: the loop stopped between two steps) always writes ``last.ckpt``, whatever ``save_last``,
@@ -180,9 +180,7 @@ class ModelCheckpoint(Callback):
         self.save_on_exception = bool(save_on_exception)
         self.save_weights_only = bool(save_weights_only)
         self.async_save = bool(async_save)
-        self._writer: AsyncWriter | None = None  # built when a fit starts (threads do not pickle to new processes)
-        self._stager: Stager | None = None
-        self._group: Any = None  # the process group of sharded background writes
+        self._background: BackgroundWrites | None = None  # built when a fit starts (threads do not pickle)
         self._dirpath_argument = None if dirpath is None else Path(dirpath)
         self.dirpath: Path | None = self._dirpath_argument
         self._owner = owner if monitor is None else f"{owner}(monitor={monitor!r})"
@@ -206,10 +204,7 @@ class ModelCheckpoint(Callback):
         self.dirpath = self._resolve(trainer)
         self._fitting, self._checks, self._raised = True, 0, False
         if self.async_save:
-            self._writer, self._stager = AsyncWriter(), Stager()
-            if _collective(trainer) and dist.is_available() and dist.is_initialized():
-                # the background writes' collectives: a group of their own (every process builds it, in order)
-                self._group = dist.new_group(backend="gloo", timeout=getattr(trainer.strategy, "timeout", None))
+            self._background = BackgroundWrites(_collective(trainer), getattr(trainer.strategy, "timeout", None))
         if self._loaded is not None:
             self._reconcile(self._loaded)
             self._loaded = None
@@ -280,7 +275,7 @@ class ModelCheckpoint(Callback):
         if event.reason == "interrupted" and self._fitting and not self._raised and not event.trainer.fast_dev_run:
             last = self._resolve(event.trainer) / f"{self.LAST_NAME}{EXTENSION}"
             if _collective(event.trainer):
-                self._write_collectively(event.trainer, event.aggregate, None, last)
+                write_collectively(event.trainer, event.aggregate, None, last, self.save_weights_only)
             else:
                 save_atomic(self._state(event.trainer, event.aggregate), last)
             self.last_model_path = str(last)
@@ -387,90 +382,37 @@ class ModelCheckpoint(Callback):
         saved = (self._last_global_step_saved, self._last_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
-        if collective and self._writer is not None and not self.save_weights_only:
-            self._submit_sharded(trainer, aggregate, path, last if self.save_last else None, evicted, previous, saved)
+        written = {"top_k": False}  # what the write got done: on an error, the bookkeeping is undone up to there
+        undo = functools.partial(self._undo, previous, saved, written)
+        background = self._background
+        if collective and background is not None and not self.save_weights_only:
+            background.sharded(trainer, aggregate, path, last if self.save_last else None, evicted, written, undo)
             self._last_global_step_saved, self._last_path = step, path
             return
         if collective:
             try:
-                self._write_collectively(trainer, aggregate, path, last if self.save_last else None)
+                write_collectively(
+                    trainer, aggregate, path, last if self.save_last else None, self.save_weights_only
+                )
             except BaseException:
                 self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
                 raise
             if trainer.is_global_zero:
                 for old in evicted:
                     if old != path:
-                        _remove(Path(old))
+                        remove_checkpoint(Path(old))
             self._last_global_step_saved, self._last_path = step, path
             return
         state = self._state(trainer, aggregate)
         self._last_global_step_saved, self._last_path = step, path
-        written = {"top_k": False}  # what the write got done: on an error, the bookkeeping is undone up to there
-        undo = functools.partial(self._undo, previous, saved, written)
-        if self._writer is not None and self._stager is not None:
-            staged = self._stager.stage(state)  # the training loop's only pause: tensors copied to CPU memory
-            write = functools.partial(self._write, staged, path, last, evicted, written)
-            self._writer.submit(path or str(last), write, on_error=undo)
+        if background is not None:  # the training loop pauses only to copy the state into CPU memory
+            background.files(state, path, last if self.save_last else None, evicted, written, undo)
             return
         try:
-            self._write(state, path, last, evicted, written)
+            write_files(state, path, last if self.save_last else None, evicted, written)
         except BaseException as error:
             undo(error)
             raise
-
-    def _write(
-        self, state: dict[str, Any], path: str | None, last: Path, evicted: list[str], written: dict[str, bool]
-    ) -> None:
-        """Write the top-k file (when ``path``), then ``last.ckpt`` (when ``save_last``), then delete the files that
-        left the top k: in the training thread, or in the background with a staged ``state``."""
-        if path is not None:
-            save_atomic(state, path)
-        written["top_k"] = True
-        try:
-            if self.save_last:
-                link_or_write(Path(path) if path is not None else None, last, state)
-        finally:
-            for old in evicted:
-                if old != path:
-                    _remove(Path(old))
-
-    def _submit_sharded(
-        self,
-        trainer: Any,
-        aggregate: Any,
-        path: str | None,
-        last: Path | None,
-        evicted: list[str],
-        previous: tuple[Any, ...],
-        saved: tuple[int, str | None],
-    ) -> None:
-        """Stage this process's part of a sharded checkpoint (``DTensor`` shards by DCP's stager) and write it in the
-        background, every process together on a process group of the writers' own (DCP's ``async_save`` does the
-        same; collectives of two threads on one group would interleave): the folder at ``path``, ``last`` linked by
-        rank 0, then rank 0 deletes what left the top ``k``."""
-        assert self._writer is not None and self._stager is not None
-        staged = self._stager.stage_sharded(sharded_checkpoint_state(trainer, aggregate))
-        zero, group = trainer.is_global_zero, self._group
-        written = {"top_k": False}
-
-        def write() -> None:
-            if path is not None:
-                save_sharded(staged, path, process_group=group)
-            written["top_k"] = True
-            if last is not None:
-                if path is None:
-                    save_sharded(staged, last, process_group=group)
-                else:
-                    if zero:
-                        copy_sharded(path, last)
-                    if group is not None:
-                        dist.barrier(group=group)
-            if zero:
-                for old in evicted:
-                    if old != path:
-                        _remove(Path(old))
-
-        self._writer.submit(path or str(last), write, on_error=functools.partial(self._undo, previous, saved, written))
 
     def _undo(
         self,
@@ -493,43 +435,13 @@ class ModelCheckpoint(Callback):
         Raises:
             CheckpointError: when it failed, naming the file.
         """
-        if self._writer is not None:
-            self._writer.wait()
+        if self._background is not None:
+            self._background.wait()
 
     def _close_writer(self) -> None:
-        self._writer = None
-        if self._stager is not None:
-            self._stager.clear()
-        self._stager = None
-        if self._group is not None:
-            dist.destroy_process_group(self._group)
-        self._group = None
-
-    def _write_collectively(self, trainer: Any, aggregate: Any, path: str | None, last: Path | None) -> None:
-        """Write the checkpoint at ``path`` (if any) and ``last`` (if any), every process together: a sharded
-        folder each process writes its shard of, ``last`` a linked copy made by rank 0; or with
-        ``save_weights_only`` the weights gathered to rank 0, which writes the files."""
-        zero = trainer.is_global_zero
-        if self.save_weights_only:
-            modules = trainer.strategy.aggregate_state(aggregate)["modules"]  # a collective: every process
-            state = weights_state(aggregate, trainer.callbacks, modules=modules)
-            if zero:
-                if path is not None:
-                    save_atomic(state, path)
-                if last is not None:
-                    link_or_write(Path(path) if path is not None else None, last, state)
-            trainer.strategy.barrier("checkpoint written")
-            return
-        sharded = sharded_checkpoint_state(trainer, aggregate)
-        if path is not None:
-            save_sharded(sharded, path)
-        if last is not None:
-            if path is None:
-                save_sharded(sharded, last)
-            else:
-                if zero:
-                    copy_sharded(path, last)
-                trainer.strategy.barrier("last checkpoint linked")
+        if self._background is not None:
+            self._background.close()
+        self._background = None
 
     @property
     def _reserved(self) -> tuple[str, ...]:
@@ -591,14 +503,6 @@ class ModelCheckpoint(Callback):
 def _collective(trainer: Any) -> bool:
     """Whether checkpoints are written by every process together (a strategy with sharded checkpoints)."""
     return bool(getattr(getattr(trainer, "strategy", None), "sharded_checkpoints", False))
-
-
-def _remove(path: Path) -> None:
-    """Delete a checkpoint file or a sharded checkpoint's folder (gone already: nothing to do)."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _is_int(value: object) -> bool:
