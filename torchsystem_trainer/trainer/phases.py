@@ -28,9 +28,10 @@ from torchsystem_trainer.events import (
     Tested,
     Validated,
 )
-from torchsystem_trainer.strategies import Strategy
+from torchsystem_trainer.strategies import ReduceOp, Strategy
 from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.loaders import batch_size, call_step, limit_of, targets_reader
+from torchsystem_trainer.trainer.logged import bind_log
 from torchsystem_trainer.trainer.loop_state import LoopState
 
 __all__ = ["Run", "evaluate_phase", "predict_phase", "train_phase"]
@@ -52,9 +53,14 @@ class Run:
     bus: EventBus
     loop: LoopState
 
-    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over the processes (the identity with one)."""
-        return self.strategy.all_reduce(tensor, "sum") if self.strategy.world_size > 1 else tensor
+    def reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        """Reduce ``tensor`` over the processes with ``op`` (the identity with one)."""
+        return self.strategy.all_reduce(tensor, op) if self.strategy.world_size > 1 else tensor
+
+    @property
+    def reducer(self) -> Callable[..., torch.Tensor] | None:
+        """:meth:`reduce` under several processes, ``None`` with one (what ``PhaseResults.compute`` takes)."""
+        return self.reduce if self.strategy.world_size > 1 else None
 
 
 _EVALUATION_EVENTS = {"validation": (BatchValidated, Validated), "test": (BatchTested, Tested)}
@@ -96,6 +102,7 @@ def train_phase(
     results = loop.results("train")
     if progress.batch == 0:
         results.reset()
+    bind_log(aggregate, results.logged)  # Aggregate.log goes to this phase's results until its end
     fit, owner = aggregate.fit, f"{type(aggregate).__name__}.fit"  # type: ignore[union-attr]
     to_device = strategy.batch_to_device
     context = strategy.train_step_context if strategy.needs_step_context() else None
@@ -145,6 +152,7 @@ def train_phase(
         else:
             continue
         break
+    bind_log(aggregate, None)
     if steps.finish_window(aggregate):  # the loader ended inside an accumulation window of unknown length
         progress.global_step += 1
     if progress.batch == 0 and limit != 0:  # not one batch in a whole epoch: an empty iterable (no len to check)
@@ -154,7 +162,7 @@ def train_phase(
     if reason == "interrupted":
         return {}, reason, True  # no results yet: folding the losses now would change the resumed sums
     cut_short = reason is not None and (total is None or index + 1 < total)
-    return results.compute(run.reduce), reason, cut_short
+    return results.compute(run.reducer), reason, cut_short
 
 
 def _agree_to_stop(loop: LoopState, strategy: Strategy, deadline: float | None) -> float | None:
@@ -197,6 +205,7 @@ def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, 
     bus.emit(PhaseStarted, source, aggregate, epoch, phase, _planned(loader, limit))
     results = loop.results(phase)
     results.reset()
+    bind_log(aggregate, results.logged)
     evaluate, owner = aggregate.evaluate, f"{type(aggregate).__name__}.evaluate"  # type: ignore[union-attr]
     to_device = strategy.batch_to_device
     listeners = bus.handlers(batch_event)
@@ -214,7 +223,8 @@ def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, 
                 event = batch_event(source, aggregate, epoch, index, progress.step, predictions, loss, targets)
                 for handler in listeners:
                     handler(event)
-    computed = results.compute(run.reduce)
+    bind_log(aggregate, None)
+    computed = results.compute(run.reducer)
     bus.emit(phase_event, source, aggregate, epoch, computed)
     return computed
 

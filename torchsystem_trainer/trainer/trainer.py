@@ -42,6 +42,7 @@ from torchsystem_trainer.trainer import arguments as check
 from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.fit_loop import FitLimits, fit_order, loader_length, run_epochs, warn_empty
 from torchsystem_trainer.trainer.loaders import normalize_loaders
+from torchsystem_trainer.trainer.logged import bind_log
 from torchsystem_trainer.trainer.loop_state import LoopState
 from torchsystem_trainer.trainer.phases import Run, evaluate_phase, predict_phase
 from torchsystem_trainer.trainer.progress import Progress
@@ -528,6 +529,7 @@ class Trainer:
                 finally:
                     bus.emit(FitEnded, self, aggregate, reason)
             finally:
+                bind_log(aggregate, None)  # a phase that raised left its results bound to Aggregate.log
                 self.strategy.teardown(aggregate)
                 # the trainer sits in reference cycles; a loader it kept would live until the cyclic GC, and a
                 # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
@@ -593,6 +595,7 @@ class Trainer:
             finally:
                 bus.emit(StageEnded, self, aggregate, stage, reason)
         finally:
+            bind_log(aggregate, None)
             self.strategy.teardown(aggregate)
 
     def _with_progress_bar(self, callbacks: list[Consumer], enabled: bool | None) -> list[Consumer]:
