@@ -340,6 +340,9 @@ def read_values(values: dict[str, LoggedValue]) -> dict[str, float]:
     tensors = {key: value for key, value in values.items() if isinstance(value, Tensor)}
     if not tensors:
         return {key: float(value) for key, value in values.items()}
+    if len(tensors) == 1:  # one read of one value
+        key, tensor = next(iter(tensors.items()))
+        return {name: float(tensor) if name == key else float(value) for name, value in values.items()}
     device = next(iter(tensors.values())).device
     read = iter(torch.stack([value.reshape(()).to(device, torch.float64 if device.type != "mps" else torch.float32)
                              for value in tensors.values()]).tolist())
