@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ from torchsystem_trainer.domain.logged import LoggedValue, LogOptions
 
 __all__ = ["LoggedValues", "Series", "bind_log", "read_values"]
 
+_Key = TypeVar("_Key", bound=Hashable)
 _FOLD = 1024  # values of one name kept before they are folded into its running reduction
 _RESERVED = ("loss", "loss_step")  # the Trainer's own loss, per phase and per step
 
@@ -327,7 +328,7 @@ class LoggedValues:
         self.series = restored
 
 
-def read_values(values: dict[str, LoggedValue]) -> dict[str, float]:
+def read_values(values: Mapping[_Key, LoggedValue]) -> dict[_Key, float]:
     """Logged values as floats, with one host read for all the tensors among them (stacked on the first one's
     device); numbers as they are.
 

@@ -69,7 +69,9 @@ class PhaseResults:
         logged: the sink of the aggregate's ``log`` calls in this phase (:class:`~.logged.LoggedValues`).
     """
 
-    def __init__(self, metrics: MetricCollection | None, device: torch.device | str = "cpu", phase: str = "train") -> None:
+    def __init__(
+        self, metrics: MetricCollection | None, device: torch.device | str = "cpu", phase: str = "train"
+    ) -> None:
         self.metrics = metrics
         self._update_metrics = None if metrics is None else _updater(metrics)
         self.device = torch.device(device)
@@ -77,7 +79,7 @@ class PhaseResults:
         self.sizes: list[int] = []
         self.total: Tensor | None = None  # [] float32, the folded sum of loss * batch size
         self.count = 0  # samples seen
-        names = () if metrics is None else metrics.keys(keep_base=False)
+        names = () if metrics is None else [str(name) for name in metrics.keys(keep_base=False)]
         self.logged = LoggedValues(phase, self.device, names, self._log_started)
 
     def _log_started(self) -> None:
