@@ -41,7 +41,6 @@ LIGHTNING_ONLY: dict[str, str] = {
     "limit_predict_batches": "not available yet: give predict() a shorter loader",
     "min_epochs": "not available yet: EarlyStopping(...) without a minimum",
     "min_steps": "not available yet",
-    "profiler": "not available yet: torch.profiler.profile() around fit",
     "benchmark": "set torch.backends.cudnn.benchmark = True before fit",
     "detect_anomaly": "call fit inside `with torch.autograd.detect_anomaly():`",
     "sync_batchnorm": "torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) before fit",

@@ -46,12 +46,15 @@ class Run:
         strategy: the run's strategy (set up).
         bus: the run's event bus.
         loop: the loop's state, which the phases advance.
+        profiler: the run's profiler (``torchsystem_trainer.profilers``), or ``None``: then a phase runs exactly
+            the code it runs without one.
     """
 
     source: Any
     strategy: Strategy
     bus: EventBus
     loop: LoopState
+    profiler: Any = None
 
     def reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
         """Reduce ``tensor`` over the processes with ``op`` (the identity with one)."""
@@ -115,6 +118,9 @@ def train_phase(
     distributed = strategy.world_size > 1
     index = progress.batch - 1
     iterator = loop.position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
+    profiled = run.profiler.phase("train") if run.profiler is not None else None
+    if run.profiler is not None:
+        fit, to_device, iterator = run.profiler.instrument("train", fit, owner, to_device, iterator)
     for index, batch in enumerate(iterator, start=progress.batch):
         if limit is not None and index >= limit:
             index -= 1
@@ -153,6 +159,8 @@ def train_phase(
             continue
         break
     bind_log(aggregate, None)
+    if profiled is not None:
+        profiled()
     if steps.finish_window(aggregate):  # the loader ended inside an accumulation window of unknown length
         progress.global_step += 1
     if progress.batch == 0 and limit != 0:  # not one batch in a whole epoch: an empty iterable (no len to check)
@@ -211,6 +219,9 @@ def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, 
     listeners = bus.handlers(batch_event)
     wants_targets = results.metrics is not None or bool(listeners)
     read_targets = targets_reader(aggregate, results.metrics is not None, phase)
+    profiled = run.profiler.phase(phase) if run.profiler is not None else None
+    if run.profiler is not None:
+        evaluate, to_device, loader = run.profiler.instrument(phase, evaluate, owner, to_device, loader)
     with torch.inference_mode(), strategy.forward_context():
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
@@ -224,6 +235,8 @@ def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, 
                 for handler in listeners:
                     handler(event)
     bind_log(aggregate, None)
+    if profiled is not None:
+        profiled()
     computed = results.compute(run.reducer)
     bus.emit(phase_event, source, aggregate, epoch, computed)
     return computed
