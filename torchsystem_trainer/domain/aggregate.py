@@ -219,16 +219,22 @@ class Aggregate(Module, ABC):
         """
         options = (on_step, on_epoch, reduce_fx, prog_bar)
         try:
-            valid = options in LOG_OPTIONS and type(name) is str and bool(name)
+            valid = options in LOG_OPTIONS and type(name) is str and name != ""
         except TypeError:  # an unhashable option
             valid = False
-        if not valid:
-            check_log(f"{type(self).__name__}.log", name, options)
-        kept = loggable(f"{type(self).__name__}.log", name, value)
-        self.logged[name] = kept
+        # the common case checked here, in line (this runs per step): a valid call with a one-element real tensor
+        if valid and type(value) is Tensor and value.numel() == 1 and not value.is_complex():
+            if value.requires_grad:
+                value = value.detach()
+        else:
+            owner = f"{type(self).__name__}.log"
+            if not valid:
+                check_log(owner, name, options)
+            value = loggable(owner, name, value)
+        self.logged[name] = value
         sink = self._log_sink
         if sink is not None:
-            sink(name, kept, options)  # type: ignore[arg-type]
+            sink(name, value, options)  # type: ignore[arg-type]
 
     def bind_log(self, sink: LogSink | None) -> None:
         """Send what :meth:`log` records to ``sink(name, value, options)`` as well (the Trainer binds one per

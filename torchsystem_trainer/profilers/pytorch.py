@@ -3,10 +3,10 @@ region table of :class:`~.simple.SimpleProfiler` with torch's own operator table
 
 ``torch.profiler.profile`` runs for the whole fit with a ``schedule(wait, warmup, active, repeat)`` counted in
 training steps (a step ends when the training loop asks its loader for the next batch, so the last step of an
-epoch ends at the loader's end), so only ``active`` steps are recorded, after ``wait`` idle and ``warmup`` discarded ones (Lightning's
-``PyTorchProfiler`` and torch's recipe do the same). Every region of the simple profiler is also a
-``torch.profiler.record_function`` range, so the trace shows the loader, the batch transfer, the aggregate's step
-and each callback handler by name, over the operators and (on CUDA) the kernels.
+epoch ends at the loader's end), so only ``active`` steps are recorded, after ``wait`` idle and ``warmup``
+discarded ones (Lightning's ``PyTorchProfiler`` and torch's recipe do the same). Every region of the simple
+profiler is also a ``torch.profiler.record_function`` range, so the trace shows the loader, the batch transfer, the
+aggregate's step and each callback handler by name, over the operators and (on CUDA) the kernels.
 
 The trace is written by ``torch.profiler.tensorboard_trace_handler`` as ``rank<r>.<n>.pt.trace.json`` in
 ``<default_root_dir>/profiler/version_<n>`` (the next free version at each fit; ``dirpath`` to choose): open it

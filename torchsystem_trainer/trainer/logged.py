@@ -46,15 +46,16 @@ class Series:
         values: tensor values not folded yet; ``sizes``: their batch sizes (``"mean"`` only).
         total: the folded device part: the sum of value x size (``"mean"``), the sum, the max or the min; or ``None``.
         host: the same over values given as numbers, or ``None``.
-        weight: the summed batch sizes (``"mean"``) or the count of values.
+        weight: the summed batch sizes (``"mean"``) or the count of values, of the folded and host parts.
     """
 
-    __slots__ = ("host", "name", "on_epoch", "on_step", "options", "reduce_fx", "sizes", "step_key", "total",
-                 "values", "weight")
+    __slots__ = ("host", "mean", "name", "on_epoch", "on_step", "options", "reduce_fx", "sizes", "step_key",
+                 "total", "values", "weight")
 
     def __init__(self, phase: str, name: str, options: LogOptions) -> None:
         self.name, self.options = name, options
         self.on_step, self.on_epoch, self.reduce_fx, _ = options
+        self.mean = self.reduce_fx == "mean"
         self.step_key = f"{phase}/{name}_step"
         self.values: list[Tensor] = []
         self.sizes: list[int] = []
@@ -63,19 +64,24 @@ class Series:
         self.weight = 0
 
     def add(self, value: LoggedValue, size: int) -> None:
-        """Add one value, logged in a batch of ``size`` samples."""
-        mean = self.reduce_fx == "mean"
-        self.weight += size if mean else 1
+        """Add one value, logged in a batch of ``size`` samples (:meth:`LoggedValues.end_batch` does the same for
+        tensors, in line)."""
         if type(value) is float:
-            term = value * size if mean else value
-            host = self.host
-            self.host = term if host is None else _combine(self.reduce_fx, host, term)
+            self.add_number(value, size)
             return
         self.values.append(value)  # type: ignore[arg-type]
-        if mean:
+        if self.mean:
             self.sizes.append(size)
         if len(self.values) >= _FOLD:
             self.fold()
+
+    def add_number(self, value: float, size: int) -> None:
+        """Add one value given as a number (reduced on the host, exactly in float64)."""
+        mean = self.mean
+        self.weight += size if mean else 1
+        term = value * size if mean else value
+        host = self.host
+        self.host = term if host is None else _combine(self.reduce_fx, host, term)
 
     def fold(self) -> None:
         """Fold the kept tensor values into :attr:`total` (on the first value's device)."""
@@ -88,7 +94,7 @@ class Series:
             stacked = torch.stack([value.reshape(()).to(device) for value in self.values])
         stacked = stacked.reshape(-1)
         stacked = stacked.to(torch.promote_types(stacked.dtype, torch.float32))
-        if self.reduce_fx == "mean":
+        if self.mean:
             sizes = torch.tensor(self.sizes, dtype=stacked.dtype)
             if stacked.is_cuda:  # from pinned memory the copy is asynchronous: no host-device sync
                 sizes = sizes.pin_memory()
@@ -98,6 +104,7 @@ class Series:
         else:
             folded = stacked.max() if self.reduce_fx == "max" else stacked.min()
         self.total = folded if self.total is None else _combine_tensors(self.reduce_fx, self.total, folded)
+        self.weight += sum(self.sizes) if self.mean else len(self.values)
         self.values.clear()
         self.sizes.clear()
 
@@ -113,7 +120,7 @@ class Series:
         if total is None:  # no value on this process (it joins the collective all the same): the neutral element
             neutral = {"max": -math.inf, "min": math.inf}.get(self.reduce_fx, 0.0)
             total = torch.tensor(neutral, dtype=dtype, device=device)
-        if self.reduce_fx == "mean":
+        if self.mean:
             return torch.stack([total, torch.tensor(float(self.weight), dtype=dtype, device=device)])
         return (-total if self.reduce_fx == "min" else total).reshape(1)
 
@@ -233,9 +240,18 @@ class LoggedValues:
         """The batch whose values are pending ended with ``size`` samples: add them to their series."""
         batch, self._batch, self._pending = self._pending, self._pending, []
         self._size = size
-        for series, value in batch:
-            if series.on_epoch:
-                series.add(value, size)
+        for series, value in batch:  # Series.add, in line: this runs per step
+            if not series.on_epoch:
+                continue
+            if type(value) is float:
+                series.add_number(value, size)
+                continue
+            values = series.values
+            values.append(value)  # type: ignore[arg-type]
+            if series.mean:
+                series.sizes.append(size)
+            if len(values) >= _FOLD:
+                series.fold()
 
     def step_values(self) -> dict[str, LoggedValue]:
         """The values logged with ``on_step=True`` in the latest finished batch, ``{"<phase>/<name>_step": value}``
