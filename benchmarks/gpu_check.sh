@@ -10,7 +10,8 @@
 # a checkout's .venv (.venv/lib/python3.*/site-packages/{_pytest,pytest,pluggy,iniconfig,packaging}), copied alone
 # into the folder so that nothing else of that environment (its CPU torch) is imported.
 #
-# The folder gets: environment.txt, pytest-gpu.log and pytest-gpu.xml, pytest-two-gpus.log (with 2+ GPUs),
+# The folder gets: environment.txt, pytest-gpu.log and pytest-gpu.xml, pytest-two-gpus.log and fsdp-memory.log/.json
+# (with 2+ GPUs: one more minute),
 # benchmark.log, gpu-benchmark.json, gpu-benchmark.md (gpu-benchmark.samples.json after every round, if cut short),
 # and summary.txt: each part's exit status and seconds. The script's own status is 0 when every part succeeded.
 
@@ -77,11 +78,14 @@ fi
 part pytest-gpu 240 "$OUT_DIR/pytest-gpu.log" \
     "$PYTHON" -m pytest -m gpu tests/gpu -p no:cacheprovider -v -rA --durations=15 --junitxml="$OUT_DIR/pytest-gpu.xml"
 
-# 3. with two GPUs or more, the existing torchrun test of DDP on NCCL across two processes (60 s)
+# 3. with two GPUs or more, the existing torchrun test of DDP on NCCL across two processes (60 s), and the memory
+# per process of FSDP against DDP on the GPUs (60 s); FSDP on NCCL at bf16-mixed is in the GPU tests (part 2)
 GPUS="$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)"
 if [ "${GPUS:-0}" -ge 2 ]; then
     part pytest-two-gpus 60 "$OUT_DIR/pytest-two-gpus.log" "$PYTHON" -m pytest -p no:cacheprovider -v -rA \
         "tests/strategies/test_ddp_processes.py::test_torchrun_nccl_bf16_mixed_on_two_gpus"
+    part fsdp-memory 60 "$OUT_DIR/fsdp-memory.log" "$PYTHON" -m benchmarks.fsdp_memory --accelerator cuda \
+        --devices "$GPUS" --out "$OUT_DIR/fsdp-memory.json"
 fi
 
 # 4. the benchmark (150 s): raw loop vs Trainer vs Lightning, ResNet-18 and GPT, 5 interleaved rounds

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import inspect
 import json
 import os
 import random
@@ -75,6 +76,12 @@ MARKER = "BENCH-RESULT "
 SEED = 0
 LOG_EVERY_N_STEPS = 50  # TensorBoardLogger's and Lightning's default
 QUIET: dict[str, Any] = {"enable_model_summary": False, "verbose": False}  # as Lightning's variants: no summary
+
+
+def _no_sanity_check(trainer_class: Any) -> dict[str, Any]:
+    """``num_sanity_val_steps=0``, as Lightning's side has it, where the Trainer takes it (a candidate tree from
+    before it did not)."""
+    return {"num_sanity_val_steps": 0} if "num_sanity_val_steps" in inspect.signature(trainer_class).parameters else {}
 
 
 def _current_rss_kib() -> int:
@@ -395,6 +402,7 @@ def _trainer_std(
             strategy=device.type,
             default_root_dir=tmp,
             **QUIET,
+            **_no_sanity_check(Trainer),
         )
         trainer.fit(model, [("train", data.train), ("validation", data.validation)])
 

@@ -30,17 +30,24 @@ ending            cause                                           events at the 
                   batch)                                          ``Iterated``, ``FitEnded``
 ``stopped``       ``trainer.should_stop = True`` (any callback,   set during training: the current batch
                   e.g. ``EarlyStopping``) or a ``StopIteration``  finishes, then ``Trained``, ``Iterated``,
-                  committed by the aggregate's domain events      ``FitEnded`` (validation skipped); set
-                                                                  during validation or at the epoch's end
-                                                                  (``EarlyStopping`` decides at
-                                                                  ``Iterated``): the epoch finishes, then
-                                                                  ``FitEnded``. ``StopIteration`` is raised
-                                                                  as the aggregate's epoch advances, just
-                                                                  before ``Iterated``
+                  committed by the aggregate's domain events,     ``FitEnded`` (validation skipped); set in
+                  once ``min_epochs``/``min_steps`` are reached   a mid-epoch validation (``EarlyStopping``
+                  (before them the request is deferred:           decides at ``MidEpochValidated``): the
+                  ``StopDeferred``, once, and training goes on)   same, right after ``MidEpochValidated``;
+                                                                  set during the epoch's end-of-epoch
+                                                                  validation or at its end (``EarlyStopping``
+                                                                  decides at ``Iterated``): the epoch
+                                                                  finishes, then ``FitEnded``.
+                                                                  ``StopIteration`` is raised as the
+                                                                  aggregate's epoch advances, just before
+                                                                  ``Iterated``
 ``interrupted``   ``SIGTERM`` (preemption) or ``SIGINT``          the current training step (and its gradient
-                  (Ctrl-C) received while ``fit`` runs in the     accumulation window) finishes, or the
-                  main thread: ``fit`` handles both for its       current validation phase and its epoch's
-                  duration and stops at the next step boundary    end; then ``FitEnded`` only: no
+                  (Ctrl-C) received while ``fit`` runs in the     accumulation window, with the mid-epoch
+                  main thread: ``fit`` handles both for its       validations inside it) finishes, or the
+                  duration and stops at the next step boundary;   current validation phase (a mid-epoch
+                  never deferred by ``min_epochs``/``min_steps``  one: then the fit stops; the end-of-epoch
+                                                                  one: with its epoch's end); then
+                                                                  ``FitEnded`` only: no
                                                                   ``ExceptionRaised`` (nothing was raised), no
                                                                   ``Trained``/``Iterated`` for an unfinished
                                                                   epoch (a resumed fit completes it);
@@ -56,8 +63,26 @@ ending            cause                                           events at the 
                   loader or a callback                            exception propagates out of ``fit``
 ================  ==============================================  =========================================
 
-When a limit or a stop request arrives in the middle of the training phase, the epoch's validation phase is
-skipped (as in Lightning), so ``Iterated.results`` then holds only the ``train/...`` keys.
+When a limit or a stop request arrives in the middle of the training phase, the epoch's validation phase is skipped
+(the epoch did not reach its end, where that validation is due), so ``Iterated.results`` then holds only the
+``train/...`` keys. A mid-epoch validation (``val_check_interval``) due after the batch that reaches ``max_steps``
+or ``max_time`` still runs, as a validation due at the epoch's last batch does; one due after the batch where a stop
+was requested does not.
+
+Validations of a fit, and which event reports each one's results as ``"validation/<name>"`` (what
+``EarlyStopping``, ``ModelCheckpoint`` and ``LearningRateScheduler`` read):
+
+=========================  ============================================  ===========================================
+validation                 events                                        reported by
+=========================  ============================================  ===========================================
+the sanity check           ``SanityCheckStarted``, ``SanityCheckEnded``  nothing: no ``PhaseStarted``,
+(``num_sanity_val_steps``  (``trainer.sanity_checking`` between them)    ``BatchValidated``, ``Validated``; its
+before the first batch)                                                  results are ``SanityCheckEnded``'s only
+mid-epoch                  ``PhaseStarted("validation")``,               ``MidEpochValidated`` (right after
+(``val_check_interval``)   ``BatchValidated``..., ``Validated``          ``Validated``); also ``callback_metrics``
+the epoch's end            ``PhaseStarted("validation")``,               ``Iterated``, with the epoch's ``train/...``
+                           ``BatchValidated``..., ``Validated``          results
+=========================  ============================================  ===========================================
 
 ``Trainer.validate``, ``test`` and ``predict`` run outside a fit and are bracketed by their own pair of events,
 :class:`StageStarted` and :class:`StageEnded`, whose ``stage`` is ``"validate"``, ``"test"`` or ``"predict"``
@@ -115,12 +140,16 @@ __all__ = [
     "GradientsComputed",
     "Iterated",
     "Metric",
+    "MidEpochValidated",
     "PhaseStarted",
     "Predicted",
+    "SanityCheckEnded",
+    "SanityCheckStarted",
     "Stage",
     "StageEndReason",
     "StageEnded",
     "StageStarted",
+    "StopDeferred",
     "Tested",
     "Trained",
     "Validated",
@@ -156,6 +185,33 @@ class StageStarted:
     trainer: Any
     aggregate: Aggregate
     stage: Stage
+
+
+@dataclass(frozen=True, slots=True)
+class SanityCheckStarted:
+    """``fit`` is about to run its sanity check: ``batches`` validation batches (``num_sanity_val_steps``, capped
+    by the loader's length and ``limit_val_batches``; ``None`` when the loader has no length and all of it runs)
+    before the first training batch, so that an error in ``evaluate`` shows in seconds (Lightning's
+    ``on_sanity_check_start``). ``trainer.sanity_checking`` is ``True`` until :class:`SanityCheckEnded`.
+
+    No ``PhaseStarted``, ``BatchValidated`` or ``Validated`` fires for these batches: nothing that reacts to a
+    validation (loggers, ``EarlyStopping``, ``ModelCheckpoint``, ``History``, the run store) can take them for one.
+    """
+
+    trainer: Any
+    aggregate: Aggregate
+    batches: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SanityCheckEnded:
+    """The sanity check ended (Lightning's ``on_sanity_check_end``). ``results`` hold its loss and metrics, for a
+    person to read; they are no validation's results: they reach no ``callback_metrics``, no logger and no monitor.
+    """
+
+    trainer: Any
+    aggregate: Aggregate
+    results: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +316,21 @@ class Validated(_PhaseEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class MidEpochValidated(_PhaseEvent):
+    """A validation in the middle of an epoch's training phase ended (``val_check_interval``), after its
+    ``Validated`` and all of that event's handlers (so ``EMA`` has put the trained weights back). ``results`` hold
+    its results as ``"validation/<name>"``, as :class:`Iterated` holds an epoch's; ``batch`` is the number of
+    training batches of the epoch trained before it and ``step`` the run's (``trainer.progress.step``).
+
+    ``EarlyStopping`` and ``ModelCheckpoint`` check here as they do at ``Iterated``, which reports only the
+    validation that ran at the epoch's end (if any), so every validation is checked once.
+    """
+
+    batch: int
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
 class Tested(_PhaseEvent):
     """A test phase ended (``Trainer.test``); ``results`` hold its loss and metrics."""
 
@@ -267,6 +338,24 @@ class Tested(_PhaseEvent):
 @dataclass(frozen=True, slots=True)
 class Iterated(_PhaseEvent):
     """An epoch over all loaders ended. ``results`` hold every phase's results as ``"<phase>/<name>"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopDeferred:
+    """A stop was requested (``trainer.should_stop``, ``EarlyStopping``, the aggregate's ``StopIteration``) before
+    ``min_epochs`` or ``min_steps`` was reached, so training goes on; the fit stops once both are reached, unless
+    the request is withdrawn (``trainer.should_stop = False``). Fired once per fit, at the first deferral
+    (Lightning logs "Trainer was signaled to stop but the required ``min_epochs`` or ``min_steps`` has not been
+    met"). ``epoch``: the 0-based epoch during which (or at whose end) the stop was deferred; ``step``:
+    ``trainer.global_step`` then.
+    """
+
+    trainer: Any
+    aggregate: Aggregate
+    epoch: int
+    step: int
+    min_epochs: int | None
+    min_steps: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +404,8 @@ class StageEnded:
 EVENTS: tuple[type, ...] = (
     FitStarted,
     StageStarted,
+    SanityCheckStarted,
+    SanityCheckEnded,
     EpochStarted,
     PhaseStarted,
     GradientsComputed,
@@ -324,8 +415,10 @@ EVENTS: tuple[type, ...] = (
     BatchPredicted,
     Trained,
     Validated,
+    MidEpochValidated,
     Tested,
     Iterated,
+    StopDeferred,
     Predicted,
     ExceptionRaised,
     FitEnded,

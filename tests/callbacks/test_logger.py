@@ -171,8 +171,8 @@ def test_results_of_an_epoch_that_did_not_end_are_written_when_the_fit_ends():
             raise RuntimeError("boom")
 
     logger = MemoryLogger(log_every_n_steps=100)
-    with pytest.raises(RuntimeError, match="boom"):
-        fit(logger, aggregate=FailsInValidation())
+    with pytest.raises(RuntimeError, match="boom"):  # no sanity check, which would fail before any training
+        fit(logger, aggregate=FailsInValidation(), num_sanity_val_steps=0)
     assert logger.names()[-3:] == [(["epoch", "train/loss"], 4), "save", "finalize"]
     assert logger.calls[-1] == ("finalize", "exception")
 
@@ -203,3 +203,15 @@ def test_step_values_are_read_from_the_device_only_on_logging_steps(monkeypatch)
 
     without = reads_of([])
     assert reads_of([MemoryLogger(log_every_n_steps=4, log_hyperparameters=False)]) - without == 4  # 16 steps
+
+
+def test_each_mid_epoch_validation_is_written_at_its_own_step():
+    logger = MemoryLogger(log_every_n_steps=100, log_hyperparameters=False)
+    fit(logger, epochs=2, val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    written = [(sorted(call[1]), call[1]["epoch"], call[2]) for call in logger.calls if call[0] == "log_metrics"]
+    assert written == [
+        (["epoch", "validation/loss"], 0, 3),  # after step 3, inside epoch 0
+        (["epoch", "train/loss"], 0, 4),  # epoch 0's end: no validation there
+        (["epoch", "validation/loss"], 1, 6),
+        (["epoch", "train/loss"], 1, 8),
+    ]

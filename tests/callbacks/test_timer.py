@@ -46,19 +46,22 @@ def clock(monkeypatch):
     return clock
 
 
-def fit(callbacks, clock, tmp_path, max_epochs, ckpt_path=None):
+def fit(callbacks, clock, tmp_path, max_epochs, ckpt_path=None, sanity=0):
     data = make_data()
-    trainer = Trainer(callbacks=callbacks, max_epochs=max_epochs, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = Trainer(
+        callbacks=callbacks, max_epochs=max_epochs, enable_progress_bar=False, default_root_dir=tmp_path,
+        num_sanity_val_steps=sanity,
+    )
     trainer.fit(Timed(clock), [("train", data), ("validation", data[:2])], ckpt_path=ckpt_path)
     return trainer
 
 
 def test_time_per_phase_and_per_fit(clock, tmp_path):
     timer = Timer()
-    fit([timer], clock, tmp_path, max_epochs=2)
+    fit([timer], clock, tmp_path, max_epochs=2, sanity=2)
     assert timer.time_elapsed() == timer.time_elapsed("train") == 8.0  # 2 epochs x 4 batches x 1 s
-    assert timer.time_elapsed("validation") == 1.0  # 2 epochs x 2 batches x 0.25 s
-    assert timer.time_elapsed("fit") == 9.0
+    assert timer.time_elapsed("validation") == 1.0  # 2 epochs x 2 batches x 0.25 s: not the sanity check's
+    assert timer.time_elapsed("fit") == 9.5  # and the sanity check's 2 batches x 0.25 s
     assert timer.time_elapsed("test") == 0.0
     assert timer.time_remaining() is None
 

@@ -108,6 +108,17 @@ CHOSEN = {
 }
 
 
+LOOP_CONTROLS_KILLS = [
+    {"event": "Validating", "at": 3},  # in the first mid-epoch validation, after step 3's checkpoint: runs it again
+    {"event": "BatchTrained", "at": 5},  # between two mid-epoch validations (resumes after the one of step 3)
+    {"event": "Validating", "at": 6},  # in the second one, after step 6's checkpoint
+    {"event": "BatchTrained", "at": 14},  # epoch 1, between its validations (steps 11 and 14) before 14's
+    {"event": "EpochStarted", "at": 3},  # EarlyStopping asked to stop in epoch 1, deferred by min_epochs=4
+    {"event": "FitEnded"},
+]
+LOOP_CONTROLS = {"workers0-augmented-loop-controls": ({"workers": 0, "augment": True, "loop_controls": True},
+                                                      LOOP_CONTROLS_KILLS)}
+
 AVERAGING_KILLS = [
     {"event": "BatchTrained", "at": 5},  # epoch 0, resumes after step 3: no average yet, the best not yet known
     {"event": "BatchTrained", "at": 14},  # mid SWA epoch 1 (resumes after step 12), an EMA of 12 steps
@@ -196,3 +207,21 @@ def test_sigterm_from_outside_stops_cleanly_and_resumes_exactly(forkserver, refe
     out.unlink()
     assert launch(forkserver, config) == 0
     assert_bit_identical(weights(out), reference("workers0-augmented", workers=0, augment=True))
+
+
+@pytest.mark.parametrize("name", list(LOOP_CONTROLS), ids=list(LOOP_CONTROLS))
+def test_sigkill_between_mid_epoch_validations_with_a_trainer_stepped_scheduler_resumes_bit_identically(
+    name, forkserver, reference, tmp_path
+):
+    config, kills = LOOP_CONTROLS[name]
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    base = {**config, "dirpath": str(folder), "out": str(out)}
+    for kill in kills:
+        assert launch(forkserver, {**base, "kill": kill}) == KILLED, kill
+        newest_is_loadable(folder)
+    assert launch(forkserver, base) == 0
+    final = load_file(out)
+    assert final["epoch"] == 4  # EarlyStopping stopped it as soon as min_epochs allowed
+    assert_bit_identical(weights(out), reference(name, **config))
+    plain = reference("workers0-augmented", workers=0, augment=True)
+    assert any(not torch.equal(final["weights"][key], plain[key]) for key in plain), "the controls changed nothing"

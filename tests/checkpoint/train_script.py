@@ -8,12 +8,17 @@ global generator in the dataset when ``workers == 0``), checkpointing every 3 st
 * ``{"event": "BatchTrained", "at": step}``: after training step ``step`` (before its checkpoint);
 * ``{"event": "EpochStarted", "at": epoch}``: when ``epoch`` starts (right after the previous epoch's checkpoint);
 * ``{"event": "FitEnded"}``: after the fit, before the final weights are written;
+* ``{"event": "Validating", "at": step}``: inside the validation that follows training step ``step`` (after that
+  step's checkpoint, before the validation's own);
 * ``{"event": "replace", "at": n}``: in the ``n``-th ``os.replace`` (a complete temporary file not yet renamed);
 * ``{"event": "torn", "at": n}``: in the ``n``-th ``torch.save``, after writing half of the file.
 
 Options: ``"ema"`` adds ``EMA(decay=0.9)``; ``"swa"`` adds ``StochasticWeightAveraging`` from the second epoch;
 ``"restore_best"`` sets ``EarlyStopping(restore_best_weights=True)``. Each changes the final weights (the average,
-or the best epoch's), so a resume that lost their state ends elsewhere.
+or the best epoch's), so a resume that lost their state ends elsewhere. ``"loop_controls"`` validates every 3
+training batches (``val_check_interval=3``: after batches 3 and 6 of each epoch, checked by ``EarlyStopping`` and
+checkpointed by ``ModelCheckpoint``), has the Trainer step the scheduler (``LearningRateScheduler``, per optimizer
+step) instead of the aggregate's ``fit``, and defers ``EarlyStopping``'s stop until ``min_epochs=4``.
 
 When it runs to the end it writes ``{"weights", "reason", "epoch", "global_step", "interrupted"}`` to ``out``.
 The tests run :func:`main` in processes forked from a forkserver that has imported this module (a fresh
@@ -39,7 +44,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from torchsystem_trainer import Aggregate, Trainer
-from torchsystem_trainer.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint, StochasticWeightAveraging
+from torchsystem_trainer.callbacks import (
+    EMA,
+    Callback,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    StochasticWeightAveraging,
+)
 from torchsystem_trainer.checkpoint import save_atomic
 
 SAMPLES, FEATURES, CLASSES, BATCH = 64, 8, 3, 8  # 8 batches per epoch
@@ -61,8 +73,11 @@ class Net(Aggregate):
 
     def fit(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs, loss = super().fit(inputs, targets)
-        self.scheduler.step()
+        if self.steps_scheduler:
+            self.scheduler.step()
         return outputs, loss
+
+    steps_scheduler = True  # False: a LearningRateScheduler callback steps it
 
 
 class Augmented(Dataset):  # type: ignore[type-arg]
@@ -116,6 +131,10 @@ class Kill(Callback):
 
     def on_fit_ended(self, event: Any) -> None:
         if self.event == "FitEnded":
+            self._kill()
+
+    def on_batch_validated(self, event: Any) -> None:
+        if self.event == "Validating" and event.step == self.at:
             self._kill()
 
 
@@ -181,7 +200,7 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
 
     Args:
         config: ``{"dirpath", "out", "workers", "augment", "persistent", "resume", "kill", "slow",
-            "report", "signal": [number, step], "ema", "swa", "restore_best"}``.
+            "report", "signal": [number, step], "ema", "swa", "restore_best", "loop_controls"}``.
         ready: an event to set once the imports are done and the fit is about to start.
     """
     torch.set_num_threads(1)
@@ -198,7 +217,7 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
         callbacks.append(StochasticWeightAveraging(swa_lrs=0.002, swa_epoch_start=2, annealing_epochs=2))
     checkpoint = ModelCheckpoint(config["dirpath"], every_n_steps=3, every_n_epochs=1, save_top_k=2, save_last=True)
     callbacks.append(checkpoint)
-    if kill.get("event") in ("BatchTrained", "EpochStarted", "FitEnded"):
+    if kill.get("event") in ("BatchTrained", "EpochStarted", "FitEnded", "Validating"):
         callbacks.append(Kill(kill["event"], kill.get("at")))
     if config.get("slow"):
         callbacks.append(Slow(float(config["slow"])))
@@ -208,7 +227,12 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
         callbacks.append(SignalAt(*config["signal"]))
     torch.manual_seed(0)
     aggregate = Net()
-    trainer = Trainer(callbacks=callbacks, max_epochs=5, seed=123, enable_progress_bar=False)
+    controls: dict[str, Any] = {}
+    if config.get("loop_controls"):
+        aggregate.steps_scheduler = False
+        callbacks.insert(0, LearningRateScheduler(aggregate.scheduler, interval="step"))
+        controls = {"val_check_interval": 3, "min_epochs": 4}
+    trainer = Trainer(callbacks=callbacks, max_epochs=5, seed=123, enable_progress_bar=False, **controls)
     data = loaders(int(config.get("workers", 0)), bool(config.get("augment", True)), bool(config.get("persistent")))
     if ready is not None:
         ready.set()

@@ -13,7 +13,7 @@ from torchsystem_trainer.trainer import BatchError
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_epochs": -1}, r"max_epochs=-1 is invalid; valid: None or an int >= 0"),
+        ({"max_epochs": -2}, r"max_epochs=-2 is invalid; valid: None, -1 \(no epoch limit\) or an int >= 0"),
         ({"max_steps": -5}, r"max_steps=-5"),
         ({"max_steps": 2.5}, r"max_steps=2.5"),
         ({"max_time": 0}, r"max_time=0 is invalid"),

@@ -78,7 +78,8 @@ def test_phases_switch_train_and_evaluation_mode(data):
             return super().evaluate(inputs, targets)
 
     Trainer(max_epochs=1, enable_progress_bar=False).fit(Watching(), [("train", data[:1]), ("validation", data[:1])])
-    assert modes == [("fit", "train", False), ("evaluate", "evaluation", True)]
+    # the sanity check first, under no_grad (the process's first forward), then training, then the validation
+    assert modes == [("evaluate", "evaluation", False), ("fit", "train", False), ("evaluate", "evaluation", True)]
 
 
 def test_validate_test_and_predict(classifier, data):

@@ -343,3 +343,22 @@ def test_logged_values_resume_exactly_mid_epoch(tmp_path):
     _, resumed = run(ckpt_path=path)
     assert resumed.epochs == expected.epochs[1:]  # bit-identical, logged reductions included
     assert "train/first" in resumed.epochs[0]
+
+
+def test_a_validation_inside_the_training_phase_leaves_its_logged_values_whole():
+    class Validations(Callback):
+        def __init__(self):
+            self.results = []
+
+        def on_validated(self, event):
+            self.results.append(event.results)
+
+    torch.manual_seed(0)
+    aggregate, history, validations = Logging(), History(), Validations()
+    _fit(aggregate, [history, validations], val_check_interval=2, num_sanity_val_steps=0)  # after batches 2 and 4
+    values = torch.tensor([value for value, _ in aggregate.seen])
+    assert history.epochs[0]["train/first_sum"] == pytest.approx(float(values.sum()), rel=1e-6)
+    assert history.epochs[0]["train/samples"] == 18.0
+    assert len(validations.results) == 2
+    for results in validations.results:
+        assert results["twice"] == pytest.approx(2 * results["loss"], rel=1e-6)

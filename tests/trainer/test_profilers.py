@@ -47,10 +47,10 @@ def test_the_simple_table_has_the_loop_regions_and_each_callbacks_handlers(tmp_p
     rows = _rows(report)
     assert rows["fit"][1:] == ["1", rows["fit"][2], "100.00"]
     calls = {name: int(row[1]) for name, row in rows.items()}
-    assert calls["train"] == calls["validation"] == 2  # each phase as a whole, per epoch
+    assert calls["train"] == 2 and calls["validation"] == 3  # each phase as a whole: the sanity check, 2 epochs
     assert calls["train: Classifier.fit"] == calls["train: batch to device"] == 16
     assert calls["train: waiting for the loader"] == 18  # 8 batches and the end, per epoch
-    assert calls["validation: Classifier.evaluate"] == 4
+    assert calls["validation: Classifier.evaluate"] == 2 + 2 * 2
     # by callback and event
     assert calls["CSVLogger.on_batch_trained"] == 16 and calls["CSVLogger.on_iterated"] == 2
     assert calls["ModelCheckpoint.on_iterated"] == 2 and calls["CSVLogger.on_fit_started"] == 1

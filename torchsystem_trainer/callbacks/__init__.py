@@ -9,6 +9,7 @@ from torchsystem_trainer.callbacks.history import History
 from torchsystem_trainer.callbacks.hyperparameters import HParam, hyperparameters
 from torchsystem_trainer.callbacks.logger import Logger, LoggerWarning
 from torchsystem_trainer.callbacks.lr_monitor import LearningRateMonitor
+from torchsystem_trainer.callbacks.lr_scheduler import LearningRateScheduler, SchedulerConflictError
 from torchsystem_trainer.callbacks.model_checkpoint import ModelCheckpoint
 from torchsystem_trainer.callbacks.model_summary import ModelSummary
 from torchsystem_trainer.callbacks.monitor import MonitorError
@@ -31,6 +32,7 @@ __all__ = [
     "HParam",
     "History",
     "LearningRateMonitor",
+    "LearningRateScheduler",
     "Logger",
     "LoggerWarning",
     "ModelCheckpoint",
@@ -41,6 +43,7 @@ __all__ = [
     "ProgressBar",
     "ProgressBarBase",
     "RichProgressBar",
+    "SchedulerConflictError",
     "StochasticWeightAveraging",
     "TensorBoardLogger",
     "Timer",

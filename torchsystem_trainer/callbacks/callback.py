@@ -14,6 +14,9 @@ Lightning ``Callback`` hook          ``Callback`` hook (event)
 ===================================  ================================================================================
 ``on_fit_start``                     ``on_fit_started`` (``FitStarted``)
 ``on_train_start``                   ``on_fit_started`` (``FitStarted``)
+``on_sanity_check_start``            ``on_sanity_check_started`` (``SanityCheckStarted``); no validation hook runs
+                                     during the check (Lightning's run with ``trainer.sanity_checking`` set)
+``on_sanity_check_end``              ``on_sanity_check_ended`` (``SanityCheckEnded``)
 ``on_train_epoch_start``             ``on_epoch_started`` (``EpochStarted``); ``on_phase_started`` with
                                      ``phase == "train"``
 ``on_validation_start``              in ``validate()``: ``on_stage_started`` (``StageStarted``) with
@@ -32,7 +35,9 @@ Lightning ``Callback`` hook          ``Callback`` hook (event)
 ``on_validation_batch_end``          ``on_batch_validated`` (``BatchValidated``)
 ``on_validation_epoch_end``          ``on_validated`` (``Validated``)
 ``on_validation_end``                in ``validate()``: ``on_stage_ended`` (``StageEnded``) with
-                                     ``stage == "validate"``; inside a fit: ``on_validated`` (``Validated``)
+                                     ``stage == "validate"``; inside a fit: ``on_validated`` (``Validated``), or,
+                                     to act once per validation with its results as ``"validation/<name>"``,
+                                     ``on_mid_epoch_validated`` and ``on_iterated``
 ``on_test_batch_end``                ``on_batch_tested`` (``BatchTested``)
 ``on_test_epoch_end``                ``on_tested`` (``Tested``)
 ``on_test_end``                      ``on_stage_ended`` with ``stage == "test"``
@@ -75,6 +80,8 @@ HOOKS: dict[str, str] = {hook_name(event): event.__name__ for event in EVENTS}
 LIGHTNING_HOOKS: dict[str, tuple[tuple[str, str], ...]] = {
     "on_fit_start": (("on_fit_started", ""),),
     "on_train_start": (("on_fit_started", ""),),
+    "on_sanity_check_start": (("on_sanity_check_started", ""),),
+    "on_sanity_check_end": (("on_sanity_check_ended", ""),),
     "on_train_epoch_start": (("on_epoch_started", ""), ("on_phase_started", "phase 'train'")),
     "on_validation_start": (
         ("on_stage_started", "stage 'validate'"),

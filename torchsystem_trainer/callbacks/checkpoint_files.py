@@ -22,6 +22,7 @@ import torch
 
 from torchsystem_trainer.callbacks.monitor import monitored_value
 from torchsystem_trainer.checkpoint import CheckpointError, load_file, save_atomic
+from torchsystem_trainer.checkpoint.sharded import METADATA, is_complete, read_sharded
 
 __all__ = [
     "EXTENSION",
@@ -214,6 +215,9 @@ def link_or_write(source: Path | None, destination: Path, state: dict[str, Any])
 
 
 def _progress_of(path: Path) -> tuple[int, int, int]:
+    if path.is_dir():  # a sharded checkpoint: its rank 0's plain part holds the progress
+        progress = read_sharded(path)["loop"]["progress"]
+        return int(progress["step"]), int(progress["epoch"]), int(progress["batch"])
     try:  # memory-mapped: the tensors are not read, only the small pickled structure
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
@@ -225,7 +229,11 @@ def _progress_of(path: Path) -> tuple[int, int, int]:
 def newest_checkpoint(folder: Path, last_name: str, exception_name: str) -> Path | None:
     """The complete checkpoint in ``folder`` that holds the most progress.
 
-    Temporary files (``.*.tmp``, the atomic writes in flight) and other hidden files are ignored. When
+    A checkpoint is a file or a sharded checkpoint's folder (:mod:`~torchsystem_trainer.checkpoint.sharded`);
+    a folder counts once its metadata is written (else its save did not finish: it is ignored), and its time is its
+    metadata's. Temporary files (``.*.tmp``, the atomic writes in flight) and other hidden files are ignored, but
+    for the folder a sharded ``last`` was moved to while its successor was renamed in place (``.<last>.ckpt.*.old``),
+    considered while ``last`` is missing (a crash between the two renames). When
     ``<last_name>.ckpt`` exists, only it, the exception checkpoint and files modified after it are compared
     (so a folder of thousands of checkpoints is not read); otherwise every ``*.ckpt``. Files are ranked by the
     progress they hold (training batches, epoch, batch in epoch); ties go to ``last``, then to regular files
@@ -247,11 +255,13 @@ def newest_checkpoint(folder: Path, last_name: str, exception_name: str) -> Path
     """
     if not folder.is_dir():
         return None
-    files = [p for p in folder.glob(f"*{EXTENSION}") if not p.name.startswith(".") and p.is_file()]
+    files = [p for p in folder.glob(f"*{EXTENSION}") if not p.name.startswith(".") and is_complete(p)]
     last = folder / f"{last_name}{EXTENSION}"
     if last in files:
-        since = last.stat().st_mtime_ns
-        files = [p for p in files if p.stem in (last_name, exception_name) or p.stat().st_mtime_ns > since]
+        since = _mtime(last)
+        files = [p for p in files if p.stem in (last_name, exception_name) or _mtime(p) > since]
+    else:
+        files += [p for p in folder.glob(f".{last_name}{EXTENSION}.*.old") if (p / METADATA).is_file()]
     ranked: list[tuple[tuple[int, int, int, int, int], Path]] = []
     unusable: list[str] = []
     for path in files:
@@ -261,14 +271,19 @@ def newest_checkpoint(folder: Path, last_name: str, exception_name: str) -> Path
             warnings.warn(f"{str(path)!r} is not a usable checkpoint, skipped: {error}", stacklevel=3)
             unusable.append(path.name)
             continue
-        kind = 2 if path.stem == last_name else 0 if path.stem == exception_name else 1
-        ranked.append(((*progress, kind, path.stat().st_mtime_ns), path))
+        kind = 2 if path.stem == last_name else 0 if path.stem == exception_name or path.name[0] == "." else 1
+        ranked.append(((*progress, kind, _mtime(path)), path))
     if unusable and not ranked:  # never start from scratch silently over a folder of broken checkpoints
         raise CheckpointError(
             f"{str(folder)!r} holds checkpoints but none is usable ({', '.join(sorted(unusable))}); move them away "
             "to start from scratch, or pass ckpt_path to a good file"
         )
     return max(ranked)[1] if ranked else None
+
+
+def _mtime(path: Path) -> int:
+    """When a checkpoint was completed: a file's modification time, a sharded folder's metadata's."""
+    return (path / METADATA if path.is_dir() else path).stat().st_mtime_ns
 
 
 def warn_untracked(owner: str, folder: Path, ours: set[str | None]) -> None:

@@ -13,9 +13,13 @@ Lines, in order:
 - At ``FitStarted``, when the fit resumes from a checkpoint (``trainer.ckpt_path``): the file, the epoch and the
   step it resumes at; when it starts at an aggregate's epoch above 0 without one, that epoch.
 - At each ``Iterated``: ``epoch k/N`` (``k``: the epochs completed, the aggregate's ``epoch``; ``N``:
-  ``max_epochs``, left out when there is none), the step (``trainer.global_step``: optimizer steps, what
+  ``max_epochs``, left out when there is none or it is -1), the step (``trainer.global_step``: optimizer steps, what
   ``max_steps`` counts), every phase's results, the epoch's wall time. Only when no progress bar draws (the
   default bar draws only when stderr is a terminal, and shows the same results), unless ``epochs=True``.
+- At each ``MidEpochValidated`` (``val_check_interval``), under the same condition as the epoch lines: where the
+  epoch stands (``epoch k/N + b batches, step s``) and the validation's results.
+- At ``StopDeferred``, always: a stop was requested before ``min_epochs``/``min_steps``, which of them holds it
+  back, and that training goes on (Lightning logs the same).
 - At ``FitEnded``, one line for how it ended: completed (epochs, steps, wall time), stopped (the callback's reason,
   as ``EarlyStopping.stopping_reason``, or ``trainer.should_stop``), ``max_steps``/``max_time`` reached,
   interrupted (the signal, or ``KeyboardInterrupt``), failed (the exception); then where the checkpoints went
@@ -43,8 +47,10 @@ if TYPE_CHECKING:
         FitEnded,
         FitStarted,
         Iterated,
+        MidEpochValidated,
         StageEnded,
         StageStarted,
+        StopDeferred,
         Tested,
         Validated,
     )
@@ -102,6 +108,23 @@ class ConsoleLines(Callback):
             elapsed = format_duration(time.perf_counter() - self._epoch_started)
             results = format_results(event.results)
             self._write(f"{_position(event.trainer, event.aggregate, done=True)}: {results} | {elapsed}")
+
+    def on_mid_epoch_validated(self, event: MidEpochValidated) -> None:
+        """A mid-epoch validation's line."""
+        if self._epoch_lines:
+            where = _position(event.trainer, event.aggregate, done=False)
+            self._write(f"{where}: {format_results(event.results)}")
+
+    def on_stop_deferred(self, event: StopDeferred) -> None:
+        """Say that a requested stop waits for ``min_epochs``/``min_steps``."""
+        trainer = event.trainer
+        waiting = []
+        if event.min_epochs is not None and trainer.current_epoch < event.min_epochs:
+            waiting.append(f"min_epochs={event.min_epochs}")
+        if event.min_steps is not None and trainer.global_step < event.min_steps:
+            waiting.append(f"min_steps={event.min_steps}")
+        where = _position(trainer, event.aggregate, done=trainer.progress.batch == 0)
+        self._write(f"Stop requested at {where}, deferred until {' and '.join(waiting)}: training goes on")
 
     def on_exception_raised(self, event: ExceptionRaised) -> None:
         """Keep the exception for the last line."""
@@ -216,7 +239,7 @@ def _position(trainer: Any, aggregate: Any, done: bool) -> str:
     if not isinstance(epoch, int) or isinstance(epoch, bool):
         epoch = trainer.current_epoch
     total = trainer.max_epochs
-    text = f"epoch {epoch}" + ("" if total is None else f"/{total}")
+    text = f"epoch {epoch}" + ("" if total is None or total < 0 else f"/{total}")  # -1: no epoch limit
     batch = trainer.progress.batch
     if not done and batch:
         text += f" + {batch} batches"

@@ -13,21 +13,24 @@ from typing_extensions import override
 from torchsystem_trainer.callbacks.averaging import copy_into, weights_of
 from torchsystem_trainer.callbacks.callback import Callback
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
-from torchsystem_trainer.events import FitEnded, FitStarted, Iterated
+from torchsystem_trainer.events import FitEnded, FitStarted, Iterated, MidEpochValidated
 
 __all__ = ["EarlyStopping"]
 
 
 class EarlyStopping(Callback):
     """Set ``trainer.should_stop`` when ``monitor`` has not improved for ``patience`` checks, or has crossed a
-    threshold, or is not finite. Lightning's ``EarlyStopping``, checked at the end of each epoch (``Iterated``),
-    with Keras' ``restore_best_weights`` and ``start_from_epoch``.
+    threshold, or is not finite. Lightning's ``EarlyStopping``, checked at the end of each epoch (``Iterated``)
+    and after each validation inside an epoch (``MidEpochValidated``, ``val_check_interval``), with Keras'
+    ``restore_best_weights`` and ``start_from_epoch``.
 
-    A check happens at the end of every epoch whose results hold ``monitor``. An epoch whose monitored phase did
-    not run (validation only every ``check_val_every_n_epoch`` epochs, or skipped because the training phase was
-    cut short) is not a check: ``patience`` counts checks, not epochs (as in Lightning, where it counts
-    validation runs). The fit then stops at the end of the epoch that triggered the stop. In each check, in
-    order:
+    A check happens at the end of every epoch whose results hold ``monitor``, and after every mid-epoch validation
+    when ``monitor`` is a ``"validation/..."`` key. An epoch whose monitored phase did not run (validation only
+    every ``check_val_every_n_epoch`` epochs, or skipped because the training phase was cut short) is not a check:
+    ``patience`` counts checks, not epochs (as in Lightning, where it counts validation runs). The fit then stops
+    at the end of the epoch that triggered the stop, or, after a mid-epoch validation, at once (the rest of the
+    epoch's training and its end-of-epoch validation are skipped); ``min_epochs``/``min_steps`` defer it. In
+    each check, in order:
 
     1. ``check_finite`` and the value is ``nan`` or infinite: stop.
     2. The value improves on ``best_score`` by more than ``min_delta`` (``value < best_score - min_delta`` for
@@ -43,7 +46,8 @@ class EarlyStopping(Callback):
     patience, no stop, whatever their value (a warm-up in which no improvement is expected).
 
     With ``restore_best_weights`` (Keras; Lightning's issue #1415), each improvement copies the aggregate's weights
-    (its ``state_dict`` tensors: parameters and buffers) at that epoch's end; when the fit ends by this callback, by
+    (its ``state_dict`` tensors: parameters and buffers) at that check (the trained weights: ``EMA`` has swapped
+    them back by then); when the fit ends by this callback, by
     another stop request or by any limit (``FitEnded`` reasons ``"stopped"``, ``"completed"``, ``"max_steps"``,
     ``"max_time"``), they are loaded back into the aggregate, bit for bit. Not after ``"interrupted"`` (the fit
     is to be resumed) or ``"exception"``. The copy lives on the training device, or on the CPU with
@@ -154,12 +158,24 @@ class EarlyStopping(Callback):
         Raises:
             MonitorError: see the class.
         """
+        self._check(event, f"epoch {event.epoch}")
+
+    def on_mid_epoch_validated(self, event: MidEpochValidated) -> None:
+        """Check a mid-epoch validation's monitored value (a ``"validation/..."`` monitor) and stop the fit if a rule
+        says so.
+
+        Raises:
+            MonitorError: see the class.
+        """
+        self._check(event, f"epoch {event.epoch}, batch {event.batch}")
+
+    def _check(self, event: Iterated | MidEpochValidated, where: str) -> None:
         current = monitored_value(self._owner, self.monitor, event.results)
         if current is None:
             return
         self._checks += 1
         if event.epoch < self.start_from_epoch:
-            self._say(event.trainer, f"epoch {event.epoch}: {self.monitor} = {current:.6g}, warm-up (not checked)")
+            self._say(event.trainer, f"{where}: {self.monitor} = {current:.6g}, warm-up (not checked)")
             return
         best = self.best_score
         reason = self._evaluate(current)
@@ -169,12 +185,12 @@ class EarlyStopping(Callback):
                 self._keep(event.aggregate)
         if reason is None:
             summary = f"{self.monitor} = {current:.6g}, best {self.best_score:.6g}, waited {self.wait_count}"
-            self._say(event.trainer, f"epoch {event.epoch}: {summary}")
+            self._say(event.trainer, f"{where}: {summary}")
             return
         event.trainer.should_stop = True
         self.stopped_epoch = event.epoch
         self.stopping_reason = reason
-        self._say(event.trainer, f"epoch {event.epoch}: {reason}; stopping the fit")
+        self._say(event.trainer, f"{where}: {reason}; stopping the fit")
 
     def on_fit_ended(self, event: FitEnded) -> None:
         """Load the best weights back (``restore_best_weights``, a fit that ended by a stop or a limit); warn when

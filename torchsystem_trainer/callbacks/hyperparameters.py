@@ -24,10 +24,10 @@ key                                   value
                                       ``param_groups`` but ``params`` (``lr``, ``betas``, ``weight_decay``...); with
                                       several groups, ``<attr>/<group index>/<setting>``
 ``trainer/<setting>``                 the Trainer's ``max_epochs``, ``max_steps``, ``max_time`` (seconds),
-                                      ``precision``, ``accumulate_grad_batches``, ``gradient_clip_val``,
-                                      ``gradient_clip_algorithm``, ``check_val_every_n_epoch``, ``limit_train_batches``,
-                                      ``limit_val_batches``, ``seed``, ``deterministic``, ``strategy`` (class name),
-                                      ``world_size``
+                                      ``min_epochs``, ``min_steps``, ``precision``, ``accumulate_grad_batches``,
+                                      ``gradient_clip_val``, ``gradient_clip_algorithm``, ``check_val_every_n_epoch``,
+                                      ``val_check_interval``, ``limit_train_batches``, ``limit_val_batches``,
+                                      ``seed``, ``deterministic``, ``strategy`` (class name), ``world_size``
 ====================================  ==================================================================================
 
 Values are ``bool``, ``int``, ``float``, ``str`` or ``None``; anything else (a tuple such as Adam's ``betas``, a
@@ -57,10 +57,13 @@ _TRAINER_SETTINGS = (
     "max_epochs",
     "max_steps",
     "max_time",
+    "min_epochs",
+    "min_steps",
     "accumulate_grad_batches",
     "gradient_clip_val",
     "gradient_clip_algorithm",
     "check_val_every_n_epoch",
+    "val_check_interval",
     "limit_train_batches",
     "limit_val_batches",
     "seed",

@@ -24,6 +24,10 @@ keys                              when                                        st
 (logged values included)
 ``validation/<name>``, ``epoch``  with every phase that ran (``epoch``:
                                   0-based, as Lightning logs it)
+``validation/<name>``, ``epoch``  after a validation inside the epoch          ``MidEpochValidated.step``
+                                  (``MidEpochValidated``,
+                                  ``val_check_interval``), as Lightning logs
+                                  each validation
 ``best/<monitor>``                the fit's end: the best value of every      ``trainer.progress.step``
                                   callback's ``monitor`` (``ModelCheckpoint``'s
                                   ``best_model_score``, else
@@ -65,6 +69,7 @@ if TYPE_CHECKING:
         FitEnded,
         FitStarted,
         Iterated,
+        MidEpochValidated,
         StageEnded,
         StageStarted,
         Tested,
@@ -215,6 +220,15 @@ class Logger(Callback, ABC):
     def on_validated(self, event: Validated) -> None:
         """Keep the validation results for the epoch's end; outside a fit, write them as ``validate/<name>``."""
         self._phase_ended(event.trainer, "validation", event.epoch, event.results)
+
+    def on_mid_epoch_validated(self, event: MidEpochValidated) -> None:
+        """Write a mid-epoch validation's results and ``epoch`` at its own step (the epoch's end then writes the
+        validation that ran there, if any)."""
+        if self._run == "fit":
+            for key in event.results:
+                self._pending.pop(key, None)
+            metrics: dict[str, float] = {**event.results, "epoch": event.epoch}
+            self._guard(lambda: self.log_metrics(metrics, event.step), "log_metrics")
 
     def on_tested(self, event: Tested) -> None:
         """Write the test results as ``test/<name>``."""

@@ -3,11 +3,20 @@
 Lightning's callback of that name, with these differences: ``last.ckpt`` is never a symlink; file names are the
 template as written (no metric names inserted); the exception checkpoint is a flag here rather than Lightning's
 separate ``OnExceptionCheckpoint``.
+
+Under a strategy with sharded checkpoints (``FSDPStrategy``: ``strategy.sharded_checkpoints``) every checkpoint is
+a ``torch.distributed.checkpoint`` folder of that name (``epoch=1-step=8.ckpt/``) that every process writes its shard
+of (:mod:`~torchsystem_trainer.checkpoint.sharded`), so the callback runs in every process: rank 0 decides the
+names and the files kept and broadcasts them, every process writes, rank 0 links ``last.ckpt`` (a folder of hard
+links) and deletes what left the top ``k``. A folder is complete once its metadata is written, last; one without it
+is never ``last`` or ``best``. With ``save_weights_only`` the weights are gathered to rank 0, which writes one file
+as usual.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +37,22 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
 )
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
 from torchsystem_trainer.checkpoint import callback_keys, checkpoint_state, load_file, save_atomic, weights_state
-from torchsystem_trainer.events import BatchTrained, ExceptionRaised, FitEnded, FitStarted, Iterated
+from torchsystem_trainer.checkpoint.sharded import (
+    copy_sharded,
+    is_complete,
+    is_sharded_checkpoint,
+    read_sharded,
+    save_sharded,
+    sharded_checkpoint_state,
+)
+from torchsystem_trainer.events import (
+    BatchTrained,
+    ExceptionRaised,
+    FitEnded,
+    FitStarted,
+    Iterated,
+    MidEpochValidated,
+)
 
 __all__ = ["ModelCheckpoint"]
 
@@ -36,19 +60,24 @@ __all__ = ["ModelCheckpoint"]
 class ModelCheckpoint(Callback):
     """Write checkpoints at the end of every ``every_n_epochs``-th epoch and/or every ``every_n_steps``-th
     optimizer step, keep the ``save_top_k`` best by ``monitor`` (or the latest ``save_top_k`` without one), and
-    keep ``last.ckpt`` up to date. Runs in the process of global rank 0 only.
+    keep ``last.ckpt`` up to date. Runs in the process of global rank 0 only; in every process under a strategy with
+    sharded checkpoints (see the module docstring).
 
     Each file holds :func:`~torchsystem_trainer.checkpoint.checkpoint_state` (aggregate, loop progress, every
     callback's state, precision scaler, random generators), written with
     :func:`~torchsystem_trainer.checkpoint.save_atomic`, so ``Trainer.fit(ckpt_path=...)`` continues from it.
-    An epoch checkpoint is written at ``Iterated`` (its progress says the next epoch, batch 0); a step checkpoint
-    at ``BatchTrained`` (its progress counts that batch). A file that leaves the top ``k`` is deleted only after
-    the new file is complete. A name already in use gets ``-v1``, ``-v2``... (no file is overwritten by another
-    checkpoint), except that an epoch checkpoint written at the same optimizer step as the step checkpoint before
-    it replaces that file: it is the same point of training, with the epoch's end recorded.
+    An epoch checkpoint is written at ``Iterated`` (its progress says the next epoch, batch 0), and, in the same
+    epochs (``every_n_epochs``), after each validation inside an epoch (``MidEpochValidated``,
+    ``val_check_interval``: its progress is that batch's, the validation done), as Lightning saves after every
+    validation; a step checkpoint at ``BatchTrained`` (its progress counts that batch). A file that leaves the top
+    ``k`` is deleted only after the new file is complete. A name already in use gets ``-v1``, ``-v2``... (no file is
+    overwritten by another checkpoint), except that an epoch (or mid-epoch validation) checkpoint written at the same
+    optimizer step as the step checkpoint before it replaces that file: it is the same point of training, with the
+    epoch's end (or the validation) recorded.
 
-    With ``monitor``, the monitored value of an epoch checkpoint is the epoch's result; a step checkpoint uses the
-    latest epoch's results (``trainer.callback_metrics``). At a save where ``monitor`` (or a metric in
+    With ``monitor``, the monitored value of an epoch checkpoint is the epoch's result, of a mid-epoch validation's
+    checkpoint that validation's (``MidEpochValidated.results``, ``"validation/..."`` keys only); a step checkpoint
+    uses the latest results (``trainer.callback_metrics``). At a save where ``monitor`` (or a metric in
     ``filename``) is missing because its phase did not run, no top-k file is written (``last.ckpt`` still is).
     A ``nan`` score ranks worst.
 
@@ -72,7 +101,9 @@ class ModelCheckpoint(Callback):
             is given.
         every_n_steps: save after every n-th optimizer step (``trainer.global_step``; ``0`` or ``None``: never).
         save_on_exception: write ``on_exception.ckpt`` when the fit ends by an exception or ``KeyboardInterrupt``
-            (after ``FitStarted``; a failure to write it is a warning, so the original exception propagates).
+            (after ``FitStarted``; a failure to write it is a warning, so the original exception propagates). Not
+            under sharded checkpoints (the processes an exception stopped could not write their shards): a warning
+            says so.
         save_weights_only: every file holds only the weights (:func:`~torchsystem_trainer.checkpoint.weights_state`:
             the aggregate's modules, epoch and identity, and the averaged weights of ``EMA``/``SWA``), for
             ``load_weights``, ``load_model`` and ``validate``/``test(ckpt_path=...)``; such files cannot resume a fit,
@@ -160,7 +191,7 @@ class ModelCheckpoint(Callback):
         if self._loaded is not None:
             self._reconcile(self._loaded)
             self._loaded = None
-        elif not trainer.fast_dev_run:
+        elif not trainer.fast_dev_run and trainer.is_global_zero:
             warn_untracked(self._owner, self.dirpath, {*self.best_k_models, self.last_model_path})
 
     def on_batch_trained(self, event: BatchTrained) -> None:
@@ -178,6 +209,12 @@ class ModelCheckpoint(Callback):
             return
         self._save(event.trainer, event.aggregate, event.epoch, event.results)
 
+    def on_mid_epoch_validated(self, event: MidEpochValidated) -> None:
+        """Save after a validation inside an epoch of every ``every_n_epochs``-th epoch, ranked by its results."""
+        if event.trainer.fast_dev_run or not self.every_n_epochs or (event.epoch + 1) % self.every_n_epochs:
+            return
+        self._save(event.trainer, event.aggregate, event.epoch, event.results)
+
     def on_exception_raised(self, event: ExceptionRaised) -> None:
         """Write ``on_exception.ckpt`` when ``save_on_exception``; a failure to write is only a warning."""
         trainer = event.trainer
@@ -185,6 +222,14 @@ class ModelCheckpoint(Callback):
         if not self.save_on_exception or not self._fitting or trainer.fast_dev_run:
             return
         path = self._resolve(trainer) / f"{self.EXCEPTION_NAME}{EXTENSION}"
+        if _collective(trainer):
+            if trainer.is_global_zero:
+                warnings.warn(
+                    f"{self._owner}: {str(path)!r} is not written: a sharded checkpoint needs every process, and the "
+                    f"exception may have stopped some; resume from the last complete checkpoint",
+                    stacklevel=2,
+                )
+            return
         try:
             save_atomic(self._state(trainer, event.aggregate), path)
         except Exception as error:  # the fit's own exception must propagate, not this one
@@ -195,7 +240,10 @@ class ModelCheckpoint(Callback):
         (no top-k file was written)."""
         if event.reason == "interrupted" and self._fitting and not self._raised and not event.trainer.fast_dev_run:
             last = self._resolve(event.trainer) / f"{self.LAST_NAME}{EXTENSION}"
-            save_atomic(self._state(event.trainer, event.aggregate), last)
+            if _collective(event.trainer):
+                self._write_collectively(event.trainer, event.aggregate, None, last)
+            else:
+                save_atomic(self._state(event.trainer, event.aggregate), last)
             self.last_model_path = str(last)
         self._fitting = False
         if self.monitor is not None and self.save_top_k != 0 and not event.trainer.fast_dev_run:
@@ -242,9 +290,10 @@ class ModelCheckpoint(Callback):
             return None
         callbacks = list(trainer.callbacks)
         key = callback_keys(callbacks)[next(i for i, c in enumerate(callbacks) if c is self)]
-        saved = load_file(newest).get("callbacks", {}).get(key, {})
+        checkpoint = read_sharded(newest) if is_sharded_checkpoint(newest) else load_file(newest)
+        saved = checkpoint.get("callbacks", {}).get(key, {})
         best = saved.get("best_model_path")
-        return Path(best) if best and Path(best).is_file() else None
+        return Path(best) if best and is_complete(best) else None
 
     def _resolve(self, trainer: Any) -> Path:
         """The folder as an absolute path (as Lightning does), so the paths kept in the state survive a change of
@@ -283,11 +332,26 @@ class ModelCheckpoint(Callback):
                 path = None
             else:
                 kept, evicted = admitted
+        collective = _collective(trainer)
+        if collective:  # rank 0 decides, from what it sees on disk; every process writes
+            path, kept, evicted = trainer.strategy.broadcast((path, kept, evicted), src=0)
         if path is None and not self.save_last:
             return
         previous = (self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
+        if collective:
+            try:
+                self._write_collectively(trainer, aggregate, path, last if self.save_last else None)
+            except BaseException:
+                self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
+                raise
+            if trainer.is_global_zero:
+                for old in evicted:
+                    if old != path:
+                        _remove(Path(old))
+            self._last_global_step_saved, self._last_path = step, path
+            return
         state = self._state(trainer, aggregate)
         try:
             if path is not None:
@@ -304,8 +368,34 @@ class ModelCheckpoint(Callback):
         finally:
             for old in evicted:
                 if old != path:
-                    Path(old).unlink(missing_ok=True)
+                    _remove(Path(old))
         self._last_global_step_saved, self._last_path = step, path
+
+    def _write_collectively(self, trainer: Any, aggregate: Any, path: str | None, last: Path | None) -> None:
+        """Write the checkpoint at ``path`` (if any) and ``last`` (if any), every process together: a sharded
+        folder each process writes its shard of, ``last`` a linked copy made by rank 0; or with
+        ``save_weights_only`` the weights gathered to rank 0, which writes the files."""
+        zero = trainer.is_global_zero
+        if self.save_weights_only:
+            modules = trainer.strategy.aggregate_state(aggregate)["modules"]  # a collective: every process
+            state = weights_state(aggregate, trainer.callbacks, modules=modules)
+            if zero:
+                if path is not None:
+                    save_atomic(state, path)
+                if last is not None:
+                    link_or_write(Path(path) if path is not None else None, last, state)
+            trainer.strategy.barrier("checkpoint written")
+            return
+        sharded = sharded_checkpoint_state(trainer, aggregate)
+        if path is not None:
+            save_sharded(sharded, path)
+        if last is not None:
+            if path is None:
+                save_sharded(sharded, last)
+            else:
+                if zero:
+                    copy_sharded(path, last)
+                trainer.strategy.barrier("last checkpoint linked")
 
     @property
     def _reserved(self) -> tuple[str, ...]:
@@ -361,7 +451,20 @@ class ModelCheckpoint(Callback):
             )
             self._commit({}, None)
             return
-        self._commit({p: s for p, s in self.best_k_models.items() if Path(p).is_file()}, self.last_model_path)
+        self._commit({p: s for p, s in self.best_k_models.items() if is_complete(p)}, self.last_model_path)
+
+
+def _collective(trainer: Any) -> bool:
+    """Whether checkpoints are written by every process together (a strategy with sharded checkpoints)."""
+    return bool(getattr(getattr(trainer, "strategy", None), "sharded_checkpoints", False))
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint file or a sharded checkpoint's folder (gone already: nothing to do)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _is_int(value: object) -> bool:

@@ -14,7 +14,9 @@ The batch counter comes from the events' ``batch`` index, a host int. Values the
 and the phase's reduced value at its end.
 
 A bar is closed at its phase's end, when the next phase starts, and at ``FitEnded`` and ``StageEnded`` (so also
-when a fit, ``validate``, ``test`` or ``predict`` raised or was interrupted).
+when a fit, ``validate``, ``test`` or ``predict`` raised or was interrupted). A validation inside the training
+phase (``val_check_interval``) closes the epoch's bar where it stands, draws its own, and then opens the epoch's bar
+again at the same count.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ class ProgressBarBase(Callback):
         self._next_draw = 0.0  # time.perf_counter() after which the bar may be drawn again
         self._losses: list[torch.Tensor] = []  # training losses since the last drawing, never read one by one
         self._loop: Any = None  # the running trainer's loop (its bar_values), when it has one
-        self._phase = ""
+        self._phase: str | None = None
+        self._bar: tuple[str, int | None] = ("", None)  # the open bar's title and total
+        self._epoch_bar: tuple[str, int | None, int] | None = None  # to reopen after a mid-epoch validation
 
     @property
     def is_enabled(self) -> bool:
@@ -112,13 +116,15 @@ class ProgressBarBase(Callback):
     # -- hooks ------------------------------------------------------------------------------------------
 
     def on_phase_started(self, event: PhaseStarted) -> None:
-        """Open the phase's bar, closing any bar a previous phase left open."""
+        """Open the phase's bar, closing any bar a previous phase left open (the epoch's bar, when a validation starts
+        inside the training phase, is opened again after it)."""
+        if event.phase == "validation" and self._open and self._phase == "train":
+            self._epoch_bar = (*self._bar, self._count)
         self._close(None)
+        self._phase = event.phase
+        self._loop = getattr(event.trainer, "loop", None)
         if self.is_enabled:
-            self.open_bar(phase_title(event.phase, event.epoch), event.batches)
-            self._open, self._count, self._drawn, self._losses = True, 0, 0, []
-            self._loop, self._phase = getattr(event.trainer, "loop", None), event.phase
-            self._next_draw = time.perf_counter() + self.mininterval
+            self._start(phase_title(event.phase, event.epoch), event.batches, 0)
 
     def on_batch_trained(self, event: BatchTrained) -> None:
         """Count the batch, keep its loss; redraw with the mean loss when due."""
@@ -143,8 +149,13 @@ class ProgressBarBase(Callback):
         self._close(event.results)
 
     def on_validated(self, event: Validated) -> None:
-        """Show the validation results and close the bar."""
+        """Show the validation results and close the bar; after a mid-epoch validation, open the epoch's bar again."""
         self._close(event.results)
+        if self._epoch_bar is not None:
+            title, total, count = self._epoch_bar
+            self._epoch_bar, self._phase = None, "train"
+            self._start(title, total, count)
+            self.draw(count, {})
 
     def on_tested(self, event: Tested) -> None:
         """Show the test results and close the bar."""
@@ -157,12 +168,19 @@ class ProgressBarBase(Callback):
     def on_fit_ended(self, event: FitEnded) -> None:
         """Close a bar the fit left open (it raised, was interrupted, or stopped mid-phase)."""
         self._close(None)
+        self._epoch_bar = None
 
     def on_stage_ended(self, event: StageEnded) -> None:
         """Close a bar ``validate``, ``test`` or ``predict`` left open (it raised or was interrupted)."""
         self._close(None)
 
     # -- helpers ----------------------------------------------------------------------------------------
+
+    def _start(self, title: str, total: int | None, count: int) -> None:
+        self.open_bar(title, total)
+        self._bar = (title, total)
+        self._open, self._count, self._drawn, self._losses = True, count, count, []
+        self._next_draw = time.perf_counter() + self.mininterval
 
     def _advance(self, count: int) -> None:
         if not self._open:
@@ -177,7 +195,7 @@ class ProgressBarBase(Callback):
         if self._losses:
             losses, self._losses = self._losses, []
             unread["loss"] = torch.stack(losses).float().mean()
-        if self._loop is not None:
+        if self._loop is not None and self._phase is not None:
             unread.update(self._loop.bar_values(self._phase))  # the aggregate's prog_bar values
         self.draw(count, read_values(unread) if unread else {})  # the one host read of this drawing
         self._drawn, self._next_draw = count, now + self.mininterval

@@ -37,8 +37,9 @@ class StochasticWeightAveraging(Callback):
     weights after epochs 7, 8 and 9). Epochs are the aggregate's (``max_epochs`` is the total it reaches).
 
     The aggregate must hold exactly one optimizer. From ``swa_start`` on, ``SWALR`` sets its learning rate at each
-    epoch's end; a scheduler the aggregate steps itself keeps stepping too (a warning says so), as both change the
-    same learning rate.
+    epoch's end; a ``LearningRateScheduler`` callback on that optimizer stops stepping then (Lightning swaps its
+    scheduler configuration for ``SWALR``), but a scheduler the aggregate steps itself keeps stepping too (a warning
+    says so), as both change the same learning rate.
 
     The average, the ``SWALR`` state and the epoch of the last update are saved in checkpoints (the averaged
     weights as ``averaged_weights``, which ``load_weights(..., averaged=True)`` loads), so a resumed fit ends
@@ -61,7 +62,7 @@ class StochasticWeightAveraging(Callback):
 
     Raises:
         ValueError: for an invalid argument (naming it, the value and what is valid); at ``FitStarted``, for an
-            aggregate without exactly one optimizer, a float ``swa_epoch_start`` without ``max_epochs``, or
+            aggregate without exactly one optimizer, a float ``swa_epoch_start`` without ``max_epochs`` (or with -1), or
             ``swa_lrs`` of another length than the optimizer's parameter groups.
     """
 
@@ -126,7 +127,8 @@ class StochasticWeightAveraging(Callback):
                 f"{len(optimizer.param_groups)} parameter groups; valid: one float, or one per group"
             )
         self.swa_start = self._resolve_start(trainer.max_epochs)
-        own = find_schedulers(aggregate)
+        driven = [getattr(c, "scheduler", None) for c in trainer.callbacks if c is not self]  # LearningRateScheduler
+        own = [s for s in find_schedulers(aggregate) if not any(s is d for d in driven)]
         if own:
             warnings.warn(
                 f"StochasticWeightAveraging: {type(aggregate).__name__} holds its own scheduler(s) "
@@ -187,10 +189,11 @@ class StochasticWeightAveraging(Callback):
 
     def _resolve_start(self, max_epochs: int | None) -> int:
         if isinstance(self.swa_epoch_start, float):
-            if max_epochs is None:
+            if max_epochs is None or max_epochs == -1:  # -1: no epoch limit (Lightning's), nothing to take a part of
                 raise ValueError(
                     f"StochasticWeightAveraging: swa_epoch_start={self.swa_epoch_start!r} is a fraction of "
-                    f"max_epochs, but the Trainer has max_epochs=None; give max_epochs or an int swa_epoch_start"
+                    f"max_epochs, but the Trainer has max_epochs={max_epochs!r} (no epoch limit); give max_epochs or "
+                    f"an int swa_epoch_start"
                 )
             return max(int(self.swa_epoch_start * max_epochs) - 1, 0)
         return max(self.swa_epoch_start - 1, 0)

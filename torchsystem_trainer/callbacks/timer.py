@@ -30,7 +30,8 @@ _STAGE_PHASES = {"validate": "validation", "test": "test", "predict": "predict"}
 
 class Timer(Callback):
     """Measures wall-clock time with ``time.monotonic``: per phase (from ``PhaseStarted`` to the phase's end
-    event, or to ``FitEnded``/``StageEnded`` when the run raised first), summed over the phase's runs, and for the
+    event, or to ``FitEnded``/``StageEnded`` when the run raised first; a validation inside an epoch counts as
+    validation, not training), summed over the phase's runs, and for the
     whole fit (``"fit"``: ``FitStarted`` to ``FitEnded``, validation and every callback included). With
     ``duration``, sets ``trainer.should_stop`` once the fit's time reaches it, checked after every training batch
     and at the end of each phase (so a validation phase that overruns ends the fit at that epoch's end).
@@ -53,6 +54,7 @@ class Timer(Callback):
         self.duration: float | None = seconds("Timer: duration", duration)
         self._elapsed: dict[str, float] = {}
         self._started: dict[str, float] = {}
+        self._paused_train = False
         self._restored = False
 
     def time_elapsed(self, phase: str = "train") -> float:
@@ -87,12 +89,16 @@ class Timer(Callback):
         """Start the fit's clock, from the restored times if a checkpoint was just restored, else from zero."""
         if not self._restored:
             self._elapsed = {}
-        self._restored = False
+        self._restored, self._paused_train = False, False
         self._started = {"fit": time.monotonic()}
         self._check(event.trainer)
 
     def on_phase_started(self, event: PhaseStarted) -> None:
-        """Start the phase's clock."""
+        """Start the phase's clock; a validation inside the training phase (``val_check_interval``) pauses the
+        training phase's clock until it ends."""
+        if event.phase == "validation" and "train" in self._started:
+            self._stop("train")
+            self._paused_train = True
         self._started[event.phase] = time.monotonic()
 
     def on_trained(self, event: Trained) -> None:
@@ -103,6 +109,9 @@ class Timer(Callback):
     def on_validated(self, event: Validated) -> None:
         """Stop the validation phase's clock; stop the fit (at this epoch's end) when the budget is spent."""
         self._stop("validation")
+        if self._paused_train:
+            self._paused_train = False
+            self._started["train"] = time.monotonic()
         self._check(event.trainer)
 
     def on_tested(self, event: Tested) -> None:

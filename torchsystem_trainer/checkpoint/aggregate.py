@@ -32,6 +32,7 @@ __all__ = [
     "describe_mismatch",
     "load_aggregate_state",
     "network_identities",
+    "optimizers_of",
 ]
 
 # What torch.load(weights_only=True) reads back, by exact type (numpy.float64 is a float, and refused; a
@@ -52,6 +53,12 @@ def _named(owner: Module, kinds: tuple[type, ...]) -> Iterator[tuple[str, Any]]:
             for key, item in value.items():
                 if isinstance(item, kinds):
                     yield f"{name}.{key}", item
+
+
+def optimizers_of(aggregate: Module) -> dict[str, Optimizer]:
+    """The optimizers of ``aggregate`` by the names :func:`aggregate_state` gives them (``"optimizer"``, or
+    ``"optimizers.0"`` for the first of a list attribute)."""
+    return dict(_named(aggregate, (Optimizer,)))
 
 
 def aggregate_epoch(aggregate: Module) -> int | None:

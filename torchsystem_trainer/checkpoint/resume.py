@@ -204,6 +204,7 @@ class _Pending:
     epoch_start: EpochStart | None
     rng: RNGState | None  # the global generators at the checkpoint's moment (None: a file without them)
     generators: list[torch.Tensor]
+    saved: dict[str, Any]  # what load_state_dict was given, for a checkpoint written before open
 
 
 class TrainPosition:
@@ -244,6 +245,14 @@ class TrainPosition:
         load_rng_state(pending.epoch_start.rng)
         return open_skipping(loader, consumed, lambda: load_rng_state(moment), self._create)
 
+    def retake_moment(self) -> None:
+        """After :meth:`load_state_dict`, work the uninterrupted run did between the checkpoint and its next batch
+        (a validation due after the checkpoint's batch) has just run again and advanced the global generators as it
+        did then: the next :meth:`open` puts the generators back to their state at the time it is called, rather than
+        to the checkpoint's moment. Nothing happens when no resume is pending."""
+        if self._pending is not None:
+            self._pending.rng = None
+
     def _create(self, loader: Any) -> Iterator[Any]:
         """``iter(loader)``; a persistent iterator that the uninterrupted run would still have gets a throw-away
         generator for its base seed, so that creating it again draws nothing from the global generators."""
@@ -270,7 +279,18 @@ class TrainPosition:
             ``{"epoch_start": EpochStart.state_dict() or None (when consumed == 0), "generators": [states now],
             "rng": the global generators now (when consumed > 0) or None, "persistent": bool}``: the skipped
             batches are drawn from the epoch start's generators, then the generators are put back to this moment.
+            Between :meth:`load_state_dict` and :meth:`open` (a validation due at the restored position runs
+            first, and a checkpoint may be written then), the restored position, the loader not having moved.
         """
+        pending = self._pending
+        if pending is not None:  # restored and not yet opened (a checkpoint written by a validation run first)
+            saved = pending.saved
+            return {
+                "epoch_start": saved["epoch_start"] if consumed > 0 else None,
+                "generators": list(saved["generators"]),
+                "rng": (pending.rng if pending.rng is not None else rng_state()) if consumed > 0 else None,
+                "persistent": self.persistent,
+            }
         mid_epoch = consumed > 0 and self.epoch_start is not None
         return {
             "epoch_start": self.epoch_start.state_dict() if mid_epoch else None,  # type: ignore[union-attr]
@@ -296,4 +316,4 @@ class TrainPosition:
         epoch_start = None if start is None else EpochStart.from_state_dict(start)
         generators = epoch_start.generators if consumed > 0 and epoch_start is not None else state["generators"]
         self.persistent = bool(state["persistent"])
-        self._pending = _Pending(consumed, epoch_start, rng, list(generators))
+        self._pending = _Pending(consumed, epoch_start, rng, list(generators), dict(state))

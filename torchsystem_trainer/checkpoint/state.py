@@ -12,13 +12,15 @@ before anything is written), one section per owner of state, each asked through 
 
     loop = {"progress": {"epoch", "batch", "step", "global_step"},   # batch: consumed in the current epoch
             "world_size": int,                                      # processes of the run that wrote it
+            "global_rank": int,                                     # the process that wrote it
             "should_stop": bool,                                    # the fit had decided to stop
             "train": {"epoch_start": {"rng", "generators"} | None,  # see checkpoint.resume
                       "generators": [uint8 tensor], "rng": RNGState | None, "persistent": bool},
             "train_results": PhaseResults.state_dict() | None,      # the current epoch's, when batch > 0 (with the
                                                                     # partial reductions of logged values)
             "generators": {phase: [uint8 tensor]},                  # other loaders' torch.Generator states
-            "sampler_seeds": {phase: int}}                          # DistributedSampler seeds
+            "sampler_seeds": {phase: int},                          # DistributedSampler seeds
+            "validated_step": int | None}                           # the latest mid-epoch validation's step
 
 A weights-only checkpoint (``ModelCheckpoint(save_weights_only=True)``, ``trainer.save_checkpoint(path,
 weights_only=True)``, :func:`~torchsystem_trainer.checkpoint.weights_state`) has ``"weights_only": True``, the
@@ -67,6 +69,7 @@ __all__ = [
     "read_checkpoint",
     "resolve_checkpoint_path",
     "restore",
+    "restore_state",
 ]
 
 FORMAT = "torchsystem-trainer"
@@ -222,7 +225,27 @@ def restore(trainer: TrainerState, aggregate: Module, path: str | Path) -> None:
             loader whose generators differ from the checkpoint's; naming the file.
     """
     source = repr(str(path))
-    state = read_checkpoint(path)
+    restore_state(trainer, aggregate, read_checkpoint(path), source)
+
+
+def restore_state(trainer: TrainerState, aggregate: Module, state: dict[str, Any], source: str) -> None:
+    """Load a checkpoint already read (what :func:`read_checkpoint` returned, or a sharded checkpoint's state with
+    its shards loaded: :func:`~torchsystem_trainer.checkpoint.sharded.restore_sharded`) into ``trainer`` and
+    ``aggregate``, as :func:`restore` describes.
+
+    Args:
+        trainer: the ``Trainer``, inside ``fit``.
+        aggregate: the aggregate.
+        state: the checkpoint.
+        source: how messages name it (``"'path'"``).
+
+    Raises:
+        CheckpointError: for a weights-only checkpoint, or one that does not match the aggregate, the metrics or a
+            callback, naming ``source``.
+
+    Warns:
+        UserWarning: as :func:`restore`.
+    """
     if state.get("weights_only"):
         raise CheckpointError(
             f"{source} is a weights-only checkpoint (save_weights_only=True): it holds no optimizer, loop, callback "

@@ -29,6 +29,7 @@ from torch.nn import Module
 
 from torchsystem_trainer.checkpoint.aggregate import aggregate_epoch, check_plain, describe_mismatch, network_identities
 from torchsystem_trainer.checkpoint.io import CheckpointError
+from torchsystem_trainer.checkpoint.sharded import is_sharded_checkpoint, read_consolidated
 from torchsystem_trainer.checkpoint.state import FORMAT, VERSION, callback_keys, library_version, read_checkpoint
 from torchsystem_trainer.registry import Registry
 
@@ -46,12 +47,16 @@ class UnknownModelError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def weights_state(aggregate: Module, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+def weights_state(
+    aggregate: Module, callbacks: Sequence[Any] = (), *, modules: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A weights-only checkpoint of ``aggregate`` (see the module docstring).
 
     Args:
         aggregate: the aggregate.
         callbacks: the trainer's callbacks; the averaged weights of those that keep some are included.
+        modules: the module weights to write instead of ``aggregate.state_dict()`` (a sharded strategy's weights
+            gathered to full tensors: ``strategy.aggregate_state(aggregate)["modules"]``).
 
     Returns:
         ``{"format", "version", "library_version", "weights_only": True, "aggregate": {"modules", "epoch", "id",
@@ -77,7 +82,7 @@ def weights_state(aggregate: Module, callbacks: Sequence[Any] = ()) -> dict[str,
         "library_version": library_version(),
         "weights_only": True,
         "aggregate": {
-            "modules": aggregate.state_dict(),
+            "modules": aggregate.state_dict() if modules is None else modules,
             "epoch": aggregate_epoch(aggregate),
             "id": None if identity is None else str(identity),
             "networks": network_identities(aggregate),
@@ -111,11 +116,16 @@ def _averaged(state: dict[str, Any], which: bool | str, source: str) -> dict[str
 def _weights_of(path: str | os.PathLike[str], averaged: bool | str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """``(checkpoint, module weights, source)`` of a checkpoint file."""
     source = repr(str(path))
-    state = read_checkpoint(Path(path))
+    state = _read(path)
     modules = _averaged(state, averaged, source) if averaged else state["aggregate"].get("modules")
     if not isinstance(modules, Mapping):
         raise CheckpointError(f"{source} has no module weights")
     return state, dict(modules), source
+
+
+def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint file, or a sharded checkpoint's weights gathered into one (in this process)."""
+    return read_consolidated(path, weights_only=True) if is_sharded_checkpoint(path) else read_checkpoint(Path(path))
 
 
 def _prefix_for(own: Mapping[str, Any], saved: Mapping[str, Any], source: str, target: Module) -> str:
@@ -159,7 +169,8 @@ def load_weights(
 
     Args:
         target: the module to load into; its parameters keep their device and dtype.
-        path: a checkpoint file, complete or weights-only.
+        path: a checkpoint file, complete or weights-only, or a sharded checkpoint's folder (its shards are
+            gathered here, in this process).
         strict: every key of ``target`` must be in the checkpoint and no other key under the prefix
             (``torch.nn.Module.load_state_dict``'s ``strict``); shapes must match either way.
         prefix: the prefix of ``target``'s keys in the checkpoint (``"nn."``); ``None``: found from the keys.
@@ -251,7 +262,7 @@ def load_model(
         >>> network = load_model("runs/checkpoints/last.ckpt", models)  # an MLP, in eval mode
 
     Args:
-        path: a checkpoint file, complete or weights-only.
+        path: a checkpoint file, complete or weights-only, or a sharded checkpoint's folder.
         registry: a :class:`~torchsystem_trainer.registry.Registry` holding the network's class (and the classes
             of registered objects among its arguments).
         network: the aggregate's attribute of the network (``"nn"``) when the checkpoint names several.
@@ -271,7 +282,7 @@ def load_model(
         UnknownModelError: (a ``KeyError``) when the name is not in ``registry``, listing the registry's names.
     """
     source = repr(str(path))
-    state = read_checkpoint(Path(path))
+    state = _read(path)
     networks = state["aggregate"].get("networks") or {}
     if not networks:
         raise CheckpointError(

@@ -236,10 +236,15 @@ class Aggregate(Module, ABC):
         if sink is not None:
             sink(name, value, options)  # type: ignore[arg-type]
 
-    def bind_log(self, sink: LogSink | None) -> None:
+    def bind_log(self, sink: LogSink | None) -> LogSink | None:
         """Send what :meth:`log` records to ``sink(name, value, options)`` as well (the Trainer binds one per
-        phase); ``None`` unbinds it. A bound sink is neither pickled nor deep-copied with the aggregate."""
-        self._log_sink = sink
+        phase); ``None`` unbinds it. A bound sink is neither pickled nor deep-copied with the aggregate.
+
+        Returns:
+            The sink bound until now (``None``: none), so that a caller can bind it again afterwards.
+        """
+        previous, self._log_sink = self._log_sink, sink
+        return previous
 
     def __getstate__(self) -> dict[str, Any]:
         """The instance's state for ``pickle`` and ``copy.deepcopy``, without a bound log sink (it belongs to the

@@ -2,8 +2,10 @@
 
 from torchsystem_trainer.strategies.ddp import DDPStrategy
 from torchsystem_trainer.strategies.environment import ProcessEnvironment
+from torchsystem_trainer.strategies.fsdp import FSDPStrategy, WrapPolicy
 from torchsystem_trainer.strategies.launchers import ProcessRaisedError
 from torchsystem_trainer.strategies.optimizer_step import OptimizerStep
+from torchsystem_trainer.strategies.parallel import ParallelStrategy
 from torchsystem_trainer.strategies.precision import PRECISIONS, Precision, PrecisionType
 from torchsystem_trainer.strategies.resolve import STRATEGY_NAMES, resolve_strategy
 from torchsystem_trainer.strategies.samplers import DistributedEvalSampler
@@ -17,7 +19,9 @@ __all__ = [
     "ClipAlgorithm",
     "DDPStrategy",
     "DistributedEvalSampler",
+    "FSDPStrategy",
     "OptimizerStep",
+    "ParallelStrategy",
     "Precision",
     "PrecisionType",
     "ProcessEnvironment",
@@ -25,6 +29,7 @@ __all__ = [
     "ReduceOp",
     "SingleDeviceStrategy",
     "Strategy",
+    "WrapPolicy",
     "resolve_device",
     "resolve_strategy",
 ]

@@ -1,13 +1,9 @@
 """Data-parallel training on ``torch.distributed``: one process per device, each with a full copy of the
 aggregate, gradients averaged by ``torch.nn.parallel.DistributedDataParallel`` (DDP).
 
-Launching (see :meth:`DDPStrategy.launch`): under ``torchrun`` (or any launcher that sets ``RANK``,
-``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) every process runs the script and joins the group; from a plain
-``python script.py`` the strategy starts the processes itself (:mod:`~torchsystem_trainer.strategies.launchers`
-says how and why; :mod:`~torchsystem_trainer.strategies.process_group` how long a group lives). Wrapping (see
-:meth:`DDPStrategy.setup`) leaves the aggregate unchanged
-(:mod:`~torchsystem_trainer.strategies.routing`). Loaders are sharded
-(:mod:`~torchsystem_trainer.strategies.samplers`).
+Launching, the process group, sharded loaders and collectives are every data-parallel strategy's
+(:class:`~torchsystem_trainer.strategies.parallel.ParallelStrategy`). Wrapping (see :meth:`DDPStrategy.setup`)
+leaves the aggregate unchanged (:mod:`~torchsystem_trainer.strategies.routing`).
 
 The design follows Lightning Fabric's ``DDPStrategy`` (device and backend choice, ``no_sync`` for gradient
 accumulation, collectives) and PyTorch's "Getting Started with Distributed Data Parallel" tutorial.
@@ -16,49 +12,26 @@ accumulation, collectives) and PyTorch's "Getting Started with Distributed Data 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 import torch
-import torch.distributed as dist
-from lightning_utilities.core.rank_zero import rank_zero_warn
-from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
-from torch.utils.data import RandomSampler
 from typing_extensions import override
 
 from torchsystem_trainer.domain import Aggregate
-from torchsystem_trainer.strategies import collectives
 from torchsystem_trainer.strategies.collectives import average_gradients, group_initialized
-from torchsystem_trainer.strategies.devices import (
-    ACCELERATORS,
-    Accelerator,
-    resolve_accelerator,
-    resolve_backend,
-    resolve_devices,
-    resolve_timeout,
-)
-from torchsystem_trainer.strategies.environment import ProcessEnvironment, cpu_count
-from torchsystem_trainer.strategies.launchers import StartMethod, check_main_guard, launch_processes
-from torchsystem_trainer.strategies.process_group import destroy_group, destroy_launcher_group, join_group
+from torchsystem_trainer.strategies.parallel import ACCELERATORS, START_METHODS, Accelerator, ParallelStrategy
 from torchsystem_trainer.strategies.routing import Route, loose_parameters, route_modules, unroute
-from torchsystem_trainer.strategies.samplers import distribute_loader, shuffle_seed_of, unshardable_reason
-from torchsystem_trainer.strategies.strategy import ReduceOp, Strategy
 
 __all__ = ["ACCELERATORS", "START_METHODS", "Accelerator", "DDPStrategy"]
 
 A = TypeVar("A", bound=Aggregate)
-R = TypeVar("R")
-START_METHODS: tuple[str, ...] = get_args(StartMethod)
 _RESERVED_DDP_ARGUMENTS = ("module", "device_ids", "output_device", "process_group", "find_unused_parameters")
-_SEED_MODULUS = 2**62  # DistributedSampler seeds its generator with seed + epoch: keep that inside int64
 
-
-class DDPStrategy(Strategy):
+class DDPStrategy(ParallelStrategy):
     """Train on several processes, one per device, with ``DistributedDataParallel``.
 
     Per process: a full copy of the aggregate on its device, its shard of every training batch stream, and the
@@ -105,24 +78,13 @@ class DDPStrategy(Strategy):
         ddp_comm_state: object = None,
         **ddp_kwargs: Any,
     ) -> None:
-        self.accelerator: Literal["cpu", "cuda"] = resolve_accelerator(accelerator)
-        self._processes, self._gpus = resolve_devices(devices, self.accelerator)
-        self._devices_given = not (isinstance(devices, str) and devices == "auto")
-        self.backend: str = resolve_backend(backend, self.accelerator)
-        self.timeout: timedelta = resolve_timeout(timeout)
-        self.find_unused_parameters = bool(find_unused_parameters)
-        if start_method not in START_METHODS or start_method not in multiprocessing.get_all_start_methods():
-            raise ValueError(
-                f"DDPStrategy: start_method={start_method!r} is invalid here; valid: "
-                f"{', '.join(m for m in START_METHODS if m in multiprocessing.get_all_start_methods())}"
-            )
-        self.start_method: StartMethod = start_method  # type: ignore[assignment]
         reserved = sorted(set(ddp_kwargs) & set(_RESERVED_DDP_ARGUMENTS))
         if reserved:
             raise ValueError(
                 f"DDPStrategy: {', '.join(reserved)} are set by the strategy; give the other "
                 "DistributedDataParallel arguments only"
             )
+        self.find_unused_parameters = bool(find_unused_parameters)
         self._ddp_kwargs = ddp_kwargs
         self._ddp_comm_hook = ddp_comm_hook
         self._ddp_comm_state = ddp_comm_state
@@ -130,163 +92,7 @@ class DDPStrategy(Strategy):
         self._loose: list[torch.nn.Parameter] = []
         self._routing_checked = False
         self._grads_unsynced = False  # the last backward ran under no_sync: gradients differ across processes
-        self._owns_group = False
-        super().__init__(precision)
-
-    # -- topology ---------------------------------------------------------------------------------------
-
-    @property
-    def num_processes(self) -> int:
-        """Processes this strategy starts on this machine from a plain ``python script.py``."""
-        return self._processes
-
-    @property
-    def parallel_devices(self) -> list[torch.device]:
-        """The device of each local process, by local rank."""
-        if self.accelerator == "cpu":
-            return [torch.device("cpu")] * self._processes
-        return [torch.device("cuda", index) for index in self._gpus]
-
-    @property
-    @override
-    def root_device(self) -> torch.device:
-        if self.accelerator == "cpu":
-            return torch.device("cpu")
-        local_rank = self.local_rank
-        if local_rank >= len(self._gpus):
-            raise RuntimeError(
-                f"DDPStrategy: this process has LOCAL_RANK={local_rank}, but devices={self._gpus} has "
-                f"{len(self._gpus)} GPU(s): start at most that many processes per machine"
-            )
-        return torch.device("cuda", self._gpus[local_rank])
-
-    @property
-    @override
-    def global_rank(self) -> int:
-        if group_initialized():
-            return dist.get_rank()
-        environment = ProcessEnvironment.from_environ()
-        return 0 if environment is None else environment.global_rank
-
-    @property
-    @override
-    def local_rank(self) -> int:
-        environment = ProcessEnvironment.from_environ()
-        return 0 if environment is None else environment.local_rank
-
-    @property
-    @override
-    def world_size(self) -> int:
-        if group_initialized():
-            return dist.get_world_size()
-        environment = ProcessEnvironment.from_environ()
-        return self.num_processes if environment is None else environment.world_size
-
-    # -- processes --------------------------------------------------------------------------------------
-
-    @override
-    def launch(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        """Run ``function`` in every process of the run, and return its result in the caller.
-
-        - In a process of a run already (a group is initialised: a process this strategy started, an earlier
-          ``fit`` under ``torchrun``, or a user's own ``init_process_group``): run it here.
-        - Under ``torchrun`` (the launch variables are set): join the group and run. The group then lives until
-          the process exits (or a launch fails), so a later ``fit``/``validate`` reuses it: creating a group
-          again on torchrun's store would read the previous group's rendezvous keys (stale peer addresses:
-          measured, "connection refused").
-        - With one process: run here in a one-process group, destroyed at the end.
-        - Otherwise start :attr:`num_processes` processes with :attr:`start_method` and bring rank 0's results
-          back (see :mod:`~torchsystem_trainer.strategies.launchers`); each destroys its group at its end.
-
-        When ``function`` raises, the group is destroyed (which makes the peers' pending collectives fail at
-        once) and the exception propagates.
-
-        Returns:
-            ``function``'s result (rank 0's, when processes were started).
-
-        Raises:
-            RuntimeError: in a child importing an unguarded ``__main__``; when the ``torchrun`` environment
-                does not match ``devices``.
-            ProcessRaisedError: (or the original exception) when a started process fails; see the launcher.
-        """
-        if group_initialized():
-            try:
-                return function(*args, **kwargs)
-            except BaseException:
-                destroy_launcher_group()  # a torchrun group of an earlier fit: fail the peers now
-                raise
-        check_main_guard()
-        environment = ProcessEnvironment.from_environ()
-        if environment is None and self.num_processes > 1:
-            threads = None
-            if self.accelerator == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-                threads = max(1, cpu_count() // self.num_processes)  # do not oversubscribe the cores
-            return launch_processes(  # type: ignore[no-any-return]
-                self,
-                function,
-                args,
-                kwargs,
-                num_processes=self.num_processes,
-                start_method=self.start_method,
-                threads=threads,
-            )
-        if environment is not None:
-            self.init_process_group()
-            try:
-                return function(*args, **kwargs)
-            except BaseException:
-                self.destroy_process_group()
-                raise
-        self.init_process_group(store=dist.HashStore(), rank=0, world_size=1)
-        try:
-            return function(*args, **kwargs)
-        finally:
-            self.destroy_process_group()
-
-    def init_process_group(
-        self, store: dist.Store | None = None, rank: int | None = None, world_size: int | None = None
-    ) -> None:
-        """Join the default process group (a no-op when one is initialised) with :attr:`backend` and
-        :attr:`timeout` on :attr:`root_device` (:func:`.process_group.join_group`).
-
-        Args:
-            store: the rendezvous store, with ``rank`` and ``world_size``; ``None``: the ``env://`` rendezvous of
-                a launcher's environment variables.
-            rank: this process's global rank (with ``store``).
-            world_size: the number of processes (with ``store``).
-
-        Raises:
-            RuntimeError: without ``store`` when no launcher set the environment, or when the environment does
-                not match ``devices``.
-        """
-        if group_initialized():
-            return
-        if store is None:
-            environment = ProcessEnvironment.from_environ()
-            if environment is None:
-                raise RuntimeError(
-                    "DDPStrategy: no process group and no launcher environment (RANK, WORLD_SIZE, MASTER_ADDR, "
-                    "MASTER_PORT): run under torchrun, or let Trainer.fit start the processes"
-                )
-            self._check_environment(environment)
-            rank, world_size = environment.global_rank, environment.world_size
-        join_group(self.backend, self.timeout, self.root_device, store, rank, world_size)
-        self._owns_group = True
-
-    def destroy_process_group(self) -> None:
-        """Destroy the default process group if this strategy created it (a user's own group is left alone)."""
-        if self._owns_group:
-            destroy_group()
-        self._owns_group = False
-
-    def _check_environment(self, environment: ProcessEnvironment) -> None:
-        if self._devices_given and environment.local_world_size != self.num_processes:
-            raise RuntimeError(
-                f"DDPStrategy: the launcher started {environment.local_world_size} process(es) on this machine "
-                f"(LOCAL_WORLD_SIZE), but devices asks for {self.num_processes}: make them agree "
-                "(torchrun --nproc_per_node, or devices='auto')"
-            )
-        self.root_device  # noqa: B018  # raises for a LOCAL_RANK without a GPU
+        super().__init__(devices, accelerator, backend, precision, timeout, start_method)
 
     # -- set-up -----------------------------------------------------------------------------------------
 
@@ -347,47 +153,6 @@ class DDPStrategy(Strategy):
         self._grads_unsynced = False
         super().teardown(aggregate)
 
-    @override
-    def process_dataloader(self, loader: Iterable[Any], phase: str) -> Iterable[Any]:
-        """Shard ``loader`` across the processes (:mod:`~torchsystem_trainer.strategies.samplers`).
-
-        ``"train"``: a ``DistributedSampler`` (the user's shuffle and ``drop_last`` kept; shuffled with the
-        loader's own generator's seed, else rank 0's ``torch.initial_seed()``, so ``Trainer(seed=...)`` decides
-        it); ``"validation"``/``"test"``: a :class:`DistributedEvalSampler` (no padded duplicates);
-        ``"predict"``: unchanged, every process predicts everything (so ``Trainer.predict`` returns all of it).
-        A loader that cannot be sharded (not a ``DataLoader``, an ``IterableDataset``, a custom sampler) is left
-        whole, with a warning on rank 0: every process then runs all of it, which repeats the work but keeps
-        gradients and mean metrics right. A loader with a ``DistributedSampler`` already is left as it is.
-
-        Returns:
-            The loader to iterate in this process.
-
-        Raises:
-            TypeError: for a ``DataLoader`` subclass that cannot be rebuilt with another sampler.
-        """
-        world_size = self.world_size
-        if world_size == 1 or phase == "predict" or not group_initialized():
-            return loader
-        reason = unshardable_reason(loader)
-        if reason == "":
-            return loader
-        if reason is not None:
-            rank_zero_warn(
-                f"DDPStrategy: the {phase!r} loader is not sharded across the {world_size} processes, as {reason}. "
-                "Every process iterates all of it: gradients and mean metrics stay right, but the work is repeated "
-                "(and sum-type metrics count every sample once per process)"
-            )
-            return loader
-        seed = shuffle_seed_of(loader)  # type: ignore[arg-type]
-        if seed is None and isinstance(loader.sampler, RandomSampler):  # type: ignore[attr-defined]
-            seed = self.broadcast(torch.initial_seed() % _SEED_MODULUS)
-        return distribute_loader(
-            loader,  # type: ignore[arg-type]
-            train=phase == "train",
-            num_replicas=world_size,
-            rank=self.global_rank,
-            seed=0 if seed is None else seed % _SEED_MODULUS,
-        )
 
     # -- per batch --------------------------------------------------------------------------------------
 
@@ -445,60 +210,3 @@ class DDPStrategy(Strategy):
                     "submodules directly"
                 )
 
-    # -- collectives: checks here, the communication in :mod:`~torchsystem_trainer.strategies.collectives` --
-
-    def _collective_device(self) -> torch.device | None:
-        return self.root_device if self.backend == "nccl" else None  # NCCL runs on the process's GPU
-
-    @override
-    def all_reduce(self, tensor: Tensor, op: ReduceOp = "sum") -> Tensor:
-        """Reduce ``tensor`` over the processes with ``op``; see :func:`.collectives.all_reduce`.
-
-        Raises:
-            ValueError, TypeError: for an invalid ``op`` or dtype (see :func:`.collectives.check_reduce_op`).
-            RuntimeError: outside the processes of a run.
-        """
-        collectives.check_reduce_op(tensor, op)
-        if not collectives.require_group("DDPStrategy.all_reduce", self.world_size):
-            return super().all_reduce(tensor, op)
-        return collectives.all_reduce(tensor, op, self._collective_device())
-
-    @override
-    def all_gather(self, tensor: Tensor) -> Tensor:
-        """Gather ``tensor`` from every process: ``[world_size, *tensor.shape]``; see :func:`.collectives.all_gather`.
-
-        Raises:
-            RuntimeError: outside the processes of a run.
-        """
-        if not collectives.require_group("DDPStrategy.all_gather", self.world_size):
-            return super().all_gather(tensor)
-        return collectives.all_gather(tensor, self._collective_device())
-
-    @override
-    def broadcast(self, obj: R, src: int = 0) -> R:
-        """Send ``obj`` (a tensor or any picklable object) from rank ``src`` to every process; see
-        :func:`.collectives.broadcast`.
-
-        Raises:
-            RuntimeError: outside the processes of a run.
-        """
-        if not collectives.require_group("DDPStrategy.broadcast", self.world_size):
-            return super().broadcast(obj, src)
-        return collectives.broadcast(obj, src, self._collective_device())
-
-    @override
-    def barrier(self, name: str | None = None) -> None:
-        """Wait until every process reaches this point (``name`` is for the reader only).
-
-        Raises:
-            RuntimeError: outside the processes of a run.
-        """
-        if collectives.require_group("DDPStrategy.barrier", self.world_size):
-            collectives.barrier(self._collective_device())
-
-    def __repr__(self) -> str:
-        devices = self._processes if self.accelerator == "cpu" else self._gpus
-        return (
-            f"DDPStrategy(accelerator={self.accelerator!r}, devices={devices!r}, backend={self.backend!r}, "
-            f"precision={self.precision.precision!r}, start_method={self.start_method!r})"
-        )

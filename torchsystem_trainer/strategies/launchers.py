@@ -13,8 +13,9 @@ forked from a parent that already used its thread pool) and cannot use CUDA if t
 ``torchrun`` needs none of this: every process runs the script, and the strategy joins the group it describes.
 
 What the caller gets back, from rank 0 (Lightning's spawn launcher does the same): the function's return value,
-and the whole state of every ``nn.Module`` argument (weights, optimizers, schedulers, ``epoch``:
-:func:`~torchsystem_trainer.checkpoint.aggregate_state`), loaded into the caller's objects. Nothing else of the
+and the whole state of every ``nn.Module`` argument (weights, optimizers, schedulers, ``epoch``: the strategy's
+``aggregate_state``, which every rank computes, as a sharded strategy gathers its shards there), loaded into the
+caller's objects. Nothing else of the
 children is copied back: a function whose owner has more to hand back returns it (the Trainer's run returns its
 loop's outcome, its strategy's and its callbacks' states, and applies them in the caller itself).
 
@@ -47,7 +48,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from torchsystem_trainer.checkpoint import aggregate_state, load_aggregate_state
+from torchsystem_trainer.checkpoint import load_aggregate_state
 
 __all__ = [
     "KILL_GRACE_S",
@@ -64,10 +65,13 @@ KILL_GRACE_S = 3.0
 
 
 class GroupMember(Protocol):
-    """What the launcher needs of a strategy: how long collectives wait, and joining and leaving the group."""
+    """What the launcher needs of a strategy: how long collectives wait, joining and leaving the group, and the
+    state of an aggregate in the one-process format (a collective for a sharded strategy)."""
 
     @property
     def timeout(self) -> timedelta: ...
+
+    def aggregate_state(self, aggregate: Any) -> dict[str, Any]: ...
 
     def init_process_group(
         self, store: dist.Store | None = None, rank: int | None = None, world_size: int | None = None
@@ -116,7 +120,7 @@ def check_main_guard() -> None:
         raise RuntimeError(
             "Trainer.fit was called while a new process imports the main module: with start_method='spawn' or "
             "'forkserver' the script must start training under an `if __name__ == \"__main__\":` guard "
-            "(or run it with torchrun, or use DDPStrategy(start_method='fork') on Linux)"
+            "(or run it with torchrun, or use start_method='fork' on Linux)"
         )
 
 
@@ -214,15 +218,16 @@ def launch_processes(
     check_main_guard()
     if start_method == "fork" and torch.cuda.is_initialized():
         raise RuntimeError(
-            "DDPStrategy(start_method='fork') cannot start processes once CUDA is initialised in this one (a tensor "
-            "or module was moved to a GPU, or torch.cuda was called): use start_method='spawn'"
+            f"{type(strategy).__name__}(start_method='fork') cannot start processes once CUDA is initialised in "
+            "this one (a tensor or module was moved to a GPU, or torch.cuda was called): use start_method='spawn'"
         )
     with tempfile.TemporaryDirectory(prefix="torchsystem-ddp-") as folder:
         objects = (strategy, function, args, kwargs)
         payload: tuple[Any, ...] | None = objects
         state = None
         if start_method != "fork":
-            _write_payload(Path(folder) / "payload.pkl", objects, start_method)
+            owner = f"{type(strategy).__name__}(start_method={start_method!r})"
+            _write_payload(Path(folder) / "payload.pkl", objects, owner)
             payload, state = None, _GlobalState.capture()
         # This process hosts the rendezvous store (as torchrun's agent does), bound to a port the OS picks: no
         # port is guessed, and none can be taken by another program between choosing and binding it.
@@ -241,12 +246,12 @@ def launch_processes(
     return output["result"]
 
 
-def _write_payload(path: Path, payload: tuple[Any, ...], start_method: str) -> None:
+def _write_payload(path: Path, payload: tuple[Any, ...], owner: str) -> None:
     try:
         data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError) as error:
         raise TypeError(
-            f"DDPStrategy(start_method={start_method!r}) sends the trainer, the aggregate and the loaders to the new "
+            f"{owner} sends the trainer, the aggregate and the loaders to the new "
             f"processes by pickling them, and pickling failed: {error}. Define aggregates, datasets, collate "
             "functions and callbacks at module level (no lambdas or local classes), run with torchrun, or use "
             "start_method='fork' on Linux"
@@ -282,8 +287,10 @@ def _worker(local_rank: int, spec: _Spec) -> None:
         strategy.init_process_group(store=store, rank=rank, world_size=spec.world_size)
         try:
             result = function(*args, **kwargs)
+            # every rank: a sharded strategy gathers the full state collectively; rank 0's is complete
+            states = {i: strategy.aggregate_state(arg) for i, arg in enumerate(args) if isinstance(arg, nn.Module)}
             if rank == 0:
-                _write_output(folder / "output.pt", result, args)
+                _write_output(folder / "output.pt", result, states)
         except BaseException as error:
             # Recorded before the group goes: destroying it is what fails the peers' pending collectives, so
             # their errors come strictly later than this one (see root_cause).
@@ -297,11 +304,8 @@ def _worker(local_rank: int, spec: _Spec) -> None:
         raise
 
 
-def _write_output(path: Path, result: Any, args: tuple[Any, ...]) -> None:
-    output = {
-        "result": result,
-        "modules": {index: aggregate_state(arg) for index, arg in enumerate(args) if isinstance(arg, nn.Module)},
-    }
+def _write_output(path: Path, result: Any, states: dict[int, dict[str, Any]]) -> None:
+    output = {"result": result, "modules": states}
     buffer = io.BytesIO()
     torch.save(output, buffer)
     temporary = path.with_suffix(".tmp")
@@ -341,18 +345,20 @@ def _watch(processes: list[Any], folder: Path, world_size: int) -> None:
     """
     waiting = {process.sentinel: rank for rank, process in enumerate(processes)}
     failed: int | None = None
+    exited: set[int] = set()  # by themselves, not stopped here
     try:
         while waiting and failed is None:
             for sentinel in multiprocessing.connection.wait(list(waiting)):
                 rank = waiting.pop(sentinel)  # type: ignore[call-overload]
                 processes[rank].join()
+                exited.add(rank)
                 if processes[rank].exitcode != 0 and failed is None:
                     failed = rank
     finally:
         if waiting:  # a failure, or the caller was interrupted (Ctrl-C): stop the rest, never leave orphans
             _stop(processes)
     if failed is not None:
-        _raise_failure(processes, folder, failed, world_size)
+        _raise_failure(processes, folder, failed, world_size, exited)
 
 
 def _stop(processes: list[Any]) -> None:
@@ -381,14 +387,21 @@ def root_cause(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(records, key=lambda record: (record["time"], record["rank"]), default=None)
 
 
-def _raise_failure(processes: list[Any], folder: Path, failed: int, world_size: int) -> None:
+def _raise_failure(
+    processes: list[Any], folder: Path, failed: int, world_size: int, exited: set[int] | None = None
+) -> None:
     records = []
     for path in sorted(folder.glob("error-*.pkl")):
         try:
             records.append(pickle.loads(path.read_bytes()))
         except Exception:
             continue
-    record = root_cause(records)
+    # A rank killed by a signal from outside (SIGKILL, the out-of-memory killer) writes no record; its peers then
+    # fail in a collective ("connection closed") and do: the killed rank is the root cause, not their errors.
+    recorded = {record["rank"] for record in records}
+    killed = [r for r in sorted(exited or ()) if (processes[r].exitcode or 0) < 0 and r not in recorded]
+    record = None if killed else root_cause(records)
+    failed = killed[0] if killed else failed
     if record is None:
         code = processes[failed].exitcode
         if code == 0:

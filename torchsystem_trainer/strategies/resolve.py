@@ -1,4 +1,4 @@
-"""Strategy shorthands: ``Trainer(strategy="auto" | "cpu" | "cuda" | "mps" | "ddp")``."""
+"""Strategy shorthands: ``Trainer(strategy="auto" | "cpu" | "cuda" | "mps" | "ddp" | "fsdp")``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from torchsystem_trainer.strategies.strategy import Strategy
 
 __all__ = ["STRATEGY_NAMES", "resolve_strategy"]
 
-STRATEGY_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps", "ddp")
+STRATEGY_NAMES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps", "ddp", "fsdp")
 
 
 def resolve_strategy(strategy: str | Strategy, precision: str | None = None) -> Strategy:
@@ -15,7 +15,8 @@ def resolve_strategy(strategy: str | Strategy, precision: str | None = None) -> 
 
     Args:
         strategy: a :class:`Strategy`, or ``"auto"`` (one device: CUDA if present, else MPS, else CPU),
-            ``"cpu"``, ``"cuda"``, ``"mps"``, ``"ddp"`` (``DDPStrategy()`` with its defaults).
+            ``"cpu"``, ``"cuda"``, ``"mps"``, ``"ddp"`` (``DDPStrategy()`` with its defaults), ``"fsdp"``
+            (``FSDPStrategy()`` with its defaults).
         precision: the precision for a strategy built from a name (default ``"32-true"``); it must be ``None``
             when ``strategy`` is an instance, which carries its own.
 
@@ -36,6 +37,10 @@ def resolve_strategy(strategy: str | Strategy, precision: str | None = None) -> 
         from torchsystem_trainer.strategies.ddp import DDPStrategy
 
         return DDPStrategy(precision=precision or "32-true")
+    if strategy == "fsdp":
+        from torchsystem_trainer.strategies.fsdp import FSDPStrategy
+
+        return FSDPStrategy(precision=precision or "32-true")
     if strategy not in STRATEGY_NAMES:
         raise ValueError(
             f"strategy={strategy!r} is not a strategy; valid: a Strategy instance or one of {', '.join(STRATEGY_NAMES)}"

@@ -18,6 +18,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 from torch.optim import Optimizer
 
+from torchsystem_trainer.checkpoint import aggregate_state
 from torchsystem_trainer.domain import Aggregate
 from torchsystem_trainer.strategies.optimizer_step import OptimizerStep
 from torchsystem_trainer.strategies.precision import Precision
@@ -196,6 +197,12 @@ class Strategy(ABC):
         overridden = type(self).train_step_context is not Strategy.train_step_context
         return self.precision.autocast_dtype is not None or overridden
 
+    def evaluation_context(self) -> ContextManager[Any]:
+        """The context a whole validation, test or predict phase runs under (entered once per phase, inside
+        ``torch.inference_mode()``): :meth:`forward_context`; a sharded strategy also gathers the parameters
+        there, so processes may run different numbers of evaluation batches."""
+        return self.forward_context()
+
     def train_step_context(self) -> ContextManager[Any]:
         """The context one training batch runs under: :meth:`forward_context`; a data-parallel strategy adds
         ``no_sync`` while :attr:`accumulating`."""
@@ -242,6 +249,26 @@ class Strategy(ABC):
         """Wait until every process reaches this point."""
 
     # -- persistence ------------------------------------------------------------------------------------
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """Whether a checkpoint of this strategy is a ``torch.distributed.checkpoint`` folder that every process
+        writes its shard of (:mod:`torchsystem_trainer.checkpoint.sharded`), rather than one file written by
+        global rank 0. ``False`` here."""
+        return False
+
+    def aggregate_state(self, aggregate: Any) -> dict[str, Any]:
+        """The aggregate's whole state in the one-process format
+        (:func:`~torchsystem_trainer.checkpoint.aggregate_state`: full tensors, optimizer states by parameter
+        index), whatever the sharding. What the launcher hands back from rank 0 to the caller of ``fit``.
+
+        A sharded strategy gathers the shards here: every process must call it (a collective), and only global
+        rank 0's result is complete.
+
+        Returns:
+            ``{"modules", "optimizers", "schedulers", "epoch", "id", "networks"}``.
+        """
+        return aggregate_state(aggregate)
 
     def state_dict(self) -> dict[str, Any]:
         """The strategy's own state: the precision scaler's."""

@@ -16,12 +16,16 @@ __all__ = [
     "choice",
     "fast_dev_run",
     "limit",
+    "max_epochs",
     "non_negative_float",
     "non_negative_int",
+    "num_sanity_val_steps",
+    "optional_positive_int",
     "positive_int",
     "seconds",
     "subscriptions",
     "unknown_keywords",
+    "val_check_interval",
 ]
 
 
@@ -33,14 +37,6 @@ LIGHTNING_ONLY: dict[str, str] = {
     "logger": "callbacks=[TensorBoardLogger(...), CSVLogger(...)]: loggers are callbacks here",
     "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(log_every_n_steps=...) in callbacks",
     "enable_checkpointing": "nothing: checkpoints are written only by a ModelCheckpoint in callbacks=[...]",
-    "val_check_interval": "check_val_every_n_epoch=n (validation at the end of every n-th epoch); mid-epoch validation "
-    "is not available yet",
-    "num_sanity_val_steps": "not available yet: trainer.validate(aggregate, loader) with limit_val_batches=2 before "
-    "fit does the same check",
-    "limit_test_batches": "not available yet: give test() a shorter loader",
-    "limit_predict_batches": "not available yet: give predict() a shorter loader",
-    "min_epochs": "not available yet: EarlyStopping(...) without a minimum",
-    "min_steps": "not available yet",
     "benchmark": "set torch.backends.cudnn.benchmark = True before fit",
     "detect_anomaly": "call fit inside `with torch.autograd.detect_anomaly():`",
     "sync_batchnorm": "torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) before fit",
@@ -109,6 +105,68 @@ def positive_int(name: str, value: Any) -> int:
     if not _is_int(value) or value < 1:
         raise ValueError(f"{name}={value!r} is invalid; valid: an int >= 1")
     return int(value)
+
+
+def max_epochs(value: Any) -> int | None:
+    """``None``, ``-1`` (no epoch limit, Lightning's) or an int >= 0.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if value is None or (_is_int(value) and value >= -1):
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"max_epochs={value!r} is invalid; valid: None, -1 (no epoch limit) or an int >= 0")
+
+
+def optional_positive_int(name: str, value: Any) -> int | None:
+    """``None`` or an int >= 1.
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if value is None or (_is_int(value) and value >= 1):
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"{name}={value!r} is invalid; valid: None or an int >= 1")
+
+
+def num_sanity_val_steps(value: Any) -> int:
+    """``-1`` (the whole validation loader) or an int >= 0 (0: no sanity check).
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if _is_int(value) and value >= -1:
+        return int(value)
+    raise ValueError(
+        f"num_sanity_val_steps={value!r} is invalid; valid: an int >= 0 (0 turns the check off) or -1 (the whole "
+        f"validation loader)"
+    )
+
+
+def val_check_interval(value: Any, check_val_every_n_epoch: int | None) -> int | float:
+    """``None`` (1.0), a float in ``(0, 1]`` (that fraction of the epoch) or an int >= 1 (training batches); with
+    ``check_val_every_n_epoch=None`` an int (Lightning's rule: batches are then counted across epochs).
+
+    Returns:
+        The interval (``1.0`` for ``None``).
+
+    Raises:
+        ValueError: otherwise.
+    """
+    if value is None:
+        value = 1.0
+    valid = (_is_int(value) and value >= 1) or (isinstance(value, float) and 0.0 < value <= 1.0)
+    if not valid:
+        raise ValueError(
+            f"val_check_interval={value!r} is invalid; valid: None, a float in (0.0, 1.0] (that fraction of the "
+            f"training epoch) or an int >= 1 (every that many training batches)"
+        )
+    if check_val_every_n_epoch is None and isinstance(value, float):
+        raise ValueError(
+            f"val_check_interval={value!r} with check_val_every_n_epoch=None is invalid; valid: an int number of "
+            f"training batches, counted across epochs (or give check_val_every_n_epoch an int)"
+        )
+    return value  # type: ignore[no-any-return]
 
 
 def non_negative_float(name: str, value: Any) -> float | None:

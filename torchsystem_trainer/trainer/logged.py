@@ -366,9 +366,13 @@ def read_values(values: Mapping[_Key, LoggedValue]) -> dict[_Key, float]:
     return {key: next(read) if key in tensors else float(value) for key, value in values.items()}
 
 
-def bind_log(aggregate: Any, sink: LoggedValues | None) -> None:
-    """Send ``aggregate``'s ``log`` calls to ``sink`` (``None``: unbind), when it is an ``Aggregate`` (a module
-    without ``bind_log`` logs nothing through the Trainer)."""
+def bind_log(aggregate: Any, sink: Any) -> Any:
+    """Send ``aggregate``'s ``log`` calls to ``sink`` (a :class:`LoggedValues`; ``None``: unbind), when it is an
+    ``Aggregate`` (a module without ``bind_log`` logs nothing through the Trainer).
+
+    Returns:
+        The sink bound before (what to bind again afterwards: a validation inside the training phase gives the
+        training phase's back), ``None`` when there was none.
+    """
     bind = getattr(aggregate, "bind_log", None)
-    if callable(bind):
-        bind(sink)
+    return bind(sink) if callable(bind) else None

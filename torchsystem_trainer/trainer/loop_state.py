@@ -15,8 +15,10 @@ What it holds:
   partial reductions of what the aggregate logged (:meth:`LoopState.step_values` and :meth:`LoopState.bar_values`
   give its latest values);
 * the stop flags: ``should_stop``, ``stop_signalled`` (set by ``SIGTERM``/``SIGINT``), ``interrupted``,
-  ``received_signal``;
-* ``callback_metrics``, the last epoch's results;
+  ``received_signal``, ``stop_deferred`` (a stop deferred by ``min_epochs``/``min_steps``);
+* ``validated_step``: the ``progress.step`` of the fit's latest mid-epoch validation (``val_check_interval``);
+* ``sanity_checking``: the sanity check before the first training batch is running;
+* ``callback_metrics``, the last epoch's results (and the latest mid-epoch validation's);
 * ``loaders``: the running fit's loaders (as the strategy adapted them), by phase; empty outside a fit.
 
 A new feature that keeps per-phase state a checkpoint must hold (a reduction of logged values, a mid-epoch
@@ -58,7 +60,14 @@ class LoopState:
             so a resumed fit continues).
         interrupted: the last fit ended ``"interrupted"``.
         received_signal: the signal number that stopped the last fit, or ``None``.
-        callback_metrics: the last finished epoch's results, ``{"<phase>/<name>": float}``.
+        stop_deferred: a requested stop was deferred in this fit because ``min_epochs``/``min_steps`` was not
+            reached (``StopDeferred`` fired; not saved).
+        validated_step: ``progress.step`` when the fit's latest mid-epoch validation ran (``None``: none yet); a
+            fit resumed at a position where a mid-epoch validation is due runs it unless this says it ran.
+        sanity_checking: the sanity check (``num_sanity_val_steps``) is running (Lightning's
+            ``trainer.sanity_checking``).
+        callback_metrics: the last finished epoch's results, ``{"<phase>/<name>": float}``, updated with each
+            mid-epoch validation's ``"validation/<name>"`` results as it ends.
         world_size, global_rank: the processes of the run this state belongs to (set by :meth:`begin`).
     """
 
@@ -70,6 +79,9 @@ class LoopState:
         self.stop_signalled = False
         self.interrupted = False
         self.received_signal: int | None = None
+        self.stop_deferred = False
+        self.validated_step: int | None = None
+        self.sanity_checking = False
         self.callback_metrics: dict[str, float] = {}
         self.world_size = 1
         self.global_rank = 0
@@ -86,6 +98,8 @@ class LoopState:
         self.loaders = {}
         self.should_stop = self.stop_signalled = self.interrupted = False
         self.received_signal = None
+        self.stop_deferred = self.sanity_checking = False
+        self.validated_step = None
         self.callback_metrics = {}
         self._results = {}
 
@@ -147,10 +161,10 @@ class LoopState:
         Call it from an event handler of a running fit: the position is the one of that moment.
 
         Returns:
-            ``{"progress": {...}, "world_size": int, "should_stop": bool, "train": position | None,
-            "train_results": PhaseResults.state_dict() | None, "generators": {phase: [uint8 tensor]},
-            "sampler_seeds": {phase: int}}``; ``"train"`` holds the global generators' states of this moment
-            (``"rng"``) when the epoch is unfinished.
+            ``{"progress": {...}, "world_size": int, "global_rank": int, "should_stop": bool,
+            "train": position | None, "train_results": PhaseResults.state_dict() | None,
+            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}, "validated_step": int | None}``;
+            ``"train"`` holds the global generators' states of this moment (``"rng"``) when the epoch is unfinished.
         """
         consumed = self.progress.batch
         train = self.loaders.get("train")
@@ -158,6 +172,7 @@ class LoopState:
         return {
             "progress": self.progress.state_dict(),
             "world_size": int(self.world_size),
+            "global_rank": int(self.global_rank),
             "should_stop": bool(self.should_stop and not self.stop_signalled),
             "train": None if train is None else self.position.state_dict(train, consumed),
             "train_results": None if results is None else results.state_dict(),
@@ -167,12 +182,15 @@ class LoopState:
             "sampler_seeds": {
                 phase: seed for phase, loader in self.loaders.items() if (seed := _sampler_seed(loader)) is not None
             },
+            "validated_step": self.validated_step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output: the counters, the stop request, the training loader's position
         (the next training phase starts at the saved batch), the epoch's training results, the other loaders'
-        generators and the ``DistributedSampler`` seeds. Call it after :meth:`begin`, with :attr:`loaders` set.
+        generators, the ``DistributedSampler`` seeds and the latest mid-epoch validation's step (a file written
+        before it was saved: ``None``, so a validation due at the saved position runs). Call it after
+        :meth:`begin`, with :attr:`loaders` set.
 
         Everything is checked before anything changes.
 
@@ -195,9 +213,12 @@ class LoopState:
             position.load_state_dict(train, train.get("rng"), consumed)
         progress = Progress()
         progress.load_state_dict({**saved_progress, "batch": consumed})
+        validated = state.get("validated_step")
+        validated_step = None if validated is None else int(validated)
         # checked: now change
         self.progress, self.position = progress, position
         self.should_stop = bool(state.get("should_stop", False))
+        self.validated_step = validated_step
         if results is not None:
             self._results["train"] = results
         for phase, states in state.get("generators", {}).items():
@@ -210,10 +231,12 @@ class LoopState:
 
     def _restored_results(self, state: dict[str, Any], consumed: int, saved_world_size: int) -> PhaseResults | None:
         """The unfinished epoch's training results, loaded into a new ``PhaseResults``; ``None`` when there are none
-        to take: at an epoch's boundary, and under several processes except on global rank 0 (the file holds rank
-        0's; the others start the epoch's results afresh)."""
+        to take: at an epoch's boundary, and under several processes in a process whose own results the state does
+        not hold (a checkpoint file holds rank 0's, and the others start the epoch's results afresh; a sharded
+        checkpoint holds every process's)."""
         saved = state.get("train_results")
-        if consumed == 0 or saved_world_size != self.world_size or self.global_rank:
+        own = int(state.get("global_rank", 0)) == self.global_rank
+        if consumed == 0 or saved_world_size != self.world_size or not own:
             return None
         if saved is None:
             warnings.warn(

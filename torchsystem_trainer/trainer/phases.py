@@ -11,18 +11,21 @@ the object events name as their ``trainer``) and the settings it applies, and it
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from torchsystem_trainer.checkpoint import load_rng_state, rng_state
 from torchsystem_trainer.events import (
     BatchPredicted,
     BatchTested,
     BatchTrained,
     BatchValidated,
     EndReason,
+    MidEpochValidated,
     PhaseStarted,
     Predicted,
     Tested,
@@ -33,8 +36,20 @@ from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.loaders import batch_size, call_step, limit_of, targets_reader
 from torchsystem_trainer.trainer.logged import bind_log
 from torchsystem_trainer.trainer.loop_state import LoopState
+from torchsystem_trainer.trainer.results import PhaseResults
+from torchsystem_trainer.trainer.stopping import Minimum, stop_reason
+from torchsystem_trainer.trainer.val_check import EpochChecks
 
-__all__ = ["Run", "evaluate_phase", "predict_phase", "train_phase"]
+__all__ = [
+    "MidEpochValidation",
+    "Run",
+    "evaluate_batches",
+    "evaluate_phase",
+    "planned_batches",
+    "predict_phase",
+    "train_phase",
+    "validate_mid_epoch",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +84,21 @@ class Run:
 _EVALUATION_EVENTS = {"validation": (BatchValidated, Validated), "test": (BatchTested, Tested)}
 
 
+@dataclass(frozen=True, slots=True)
+class MidEpochValidation:
+    """What a training phase needs to validate in the middle of its epoch (``val_check_interval``).
+
+    Attributes:
+        checks: where this epoch's validations fall.
+        loader: the validation loader (as the strategy adapted it).
+        limit: ``limit_val_batches``.
+    """
+
+    checks: EpochChecks
+    loader: Iterable[Any]
+    limit: int | float | None
+
+
 def train_phase(
     run: Run,
     aggregate: Any,
@@ -77,8 +107,15 @@ def train_phase(
     limit: int | float | None,
     max_steps: int | None,
     deadline: float | None,
+    minimum: Minimum = Minimum(),  # noqa: B008  # frozen: one shared instance is safe
+    validation: MidEpochValidation | None = None,
 ) -> tuple[dict[str, float], EndReason | None, bool]:
     """Run one training phase: the per-batch hot path.
+
+    After each batch, in order: a requested stop ends the phase (unless ``minimum`` defers it); a mid-epoch
+    validation due after this batch runs (``validate_mid_epoch``); ``max_steps``, then ``max_time``, end it.
+    A resumed phase whose checkpoint was written between a batch and the validation due after it runs that
+    validation first.
 
     Args:
         run: the run.
@@ -87,6 +124,8 @@ def train_phase(
         limit: ``limit_train_batches`` (an ``int`` count or a ``float`` fraction), or ``None``.
         max_steps: stop once ``loop.progress.global_step`` reaches it, or ``None``.
         deadline: ``time.monotonic()`` at which ``max_time`` runs out, or ``None``.
+        minimum: ``min_epochs``/``min_steps``, before which a requested stop is deferred.
+        validation: the mid-epoch validations of this epoch, or ``None`` for none.
 
     Returns:
         The phase's results, why the fit must stop (or ``None``), and whether the phase was cut short before the
@@ -100,7 +139,7 @@ def train_phase(
     if callable(set_epoch):  # DistributedSampler and friends reshuffle per epoch
         set_epoch(epoch)
     limit = limit_of(loader, limit, "limit_train_batches")
-    total = _planned(loader, limit)
+    total = planned_batches(loader, limit)
     bus.emit(PhaseStarted, source, aggregate, epoch, "train", total)
     results = loop.results("train")
     if progress.batch == 0:
@@ -117,7 +156,14 @@ def train_phase(
     reason: EndReason | None = None
     distributed = strategy.world_size > 1
     index = progress.batch - 1
-    iterator = loop.position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
+    # per batch only when a validation can fall inside the epoch (val_check_interval), else one None check
+    checks = None if validation is None or validation.checks.every is None else validation.checks
+    if checks is not None and progress.batch and loop.validated_step != progress.step:
+        reason = _validate_pending(run, aggregate, validation, minimum)  # type: ignore[arg-type]
+    if reason is None:
+        iterator = loop.position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
+    else:
+        iterator = _opened_unread(loop, loader)  # that validation stopped the fit: no batch is loaded
     profiled = run.profiler.phase("train") if run.profiler is not None else None
     if run.profiler is not None:
         fit, to_device, iterator = run.profiler.instrument("train", fit, owner, to_device, iterator)
@@ -146,12 +192,23 @@ def train_phase(
                 handler(event)
         if distributed:  # every process must stop at the same batch, or the next all-reduce hangs
             deadline = _agree_to_stop(loop, strategy, deadline)
-        if loop.should_stop:
-            reason = loop.stop_reason()
-            if reason == "interrupted" and steps.accumulating:
-                reason = None  # finish the accumulation window: a checkpoint holds no partial gradients
+        if loop.should_stop and (reason := stop_reason(loop, minimum, bus, source, aggregate, epoch)):
+            if reason != "interrupted" or not steps.accumulating:
+                break
+            # a signal inside an accumulation window: finish the window (a checkpoint holds no partial gradients),
+            # validating where the uninterrupted run would (so the resumed run does not miss that validation)
+            reason = None
+            if checks is not None and checks.mid_epoch(progress.batch, progress.step):
+                validate_mid_epoch(run, aggregate, validation)  # type: ignore[arg-type]
+            continue
+        if checks is not None and checks.mid_epoch(progress.batch, progress.step):
+            validate_mid_epoch(run, aggregate, validation)  # type: ignore[arg-type]
+            if loop.should_stop and (reason := stop_reason(loop, minimum, bus, source, aggregate, epoch)):
+                if reason != "interrupted" or not steps.accumulating:
+                    break
+                reason = None  # as above: finish the window
                 continue
-        elif max_steps is not None and progress.global_step >= max_steps:
+        if max_steps is not None and progress.global_step >= max_steps:
             reason = "max_steps"
         elif deadline is not None and time.monotonic() >= deadline:
             reason = "max_time"
@@ -171,6 +228,36 @@ def train_phase(
         return {}, reason, True  # no results yet: folding the losses now would change the resumed sums
     cut_short = reason is not None and (total is None or index + 1 < total)
     return results.compute(run.reducer), reason, cut_short
+
+
+def _validate_pending(
+    run: Run, aggregate: Any, validation: MidEpochValidation, minimum: Minimum
+) -> EndReason | None:
+    """On a mid-epoch resume: run the validation due after the checkpoint's batch when it did not run before the
+    checkpoint was written (a step checkpoint, an interruption). It runs before the loader is opened, from the
+    generators' states of the checkpoint's moment, as in the uninterrupted run; the loader then continues from the
+    states it leaves.
+
+    Returns:
+        Why the fit stops after it (``EarlyStopping`` may stop it there), or ``None``.
+    """
+    loop = run.loop
+    progress = loop.progress
+    if not validation.checks.mid_epoch(progress.batch, progress.step):
+        return None
+    loop.position.retake_moment()  # from now on the moment to return to is the generators' state as they are then
+    validate_mid_epoch(run, aggregate, validation)
+    return stop_reason(loop, minimum, run.bus, run.source, aggregate, progress.epoch)
+
+
+def _opened_unread(loop: LoopState, loader: Iterable[Any]) -> Iterator[Any]:
+    """Open the loader where the epoch stands (so a checkpoint written as the fit ends records that position) but
+    read nothing: the global generators are left as they are now (reading the first batch is what would put them
+    back to the checkpoint's moment)."""
+    moment = rng_state()
+    loop.position.open(loader, loop.progress.batch)
+    load_rng_state(moment)
+    return iter(())
 
 
 def _agree_to_stop(loop: LoopState, strategy: Strategy, deadline: float | None) -> float | None:
@@ -199,30 +286,63 @@ def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, 
         aggregate: the aggregate, set up.
         loader: the phase's loader (as the strategy adapted it).
         phase: ``"validation"`` or ``"test"``.
-        limit: ``limit_val_batches`` (an ``int`` count or a ``float`` fraction), or ``None``.
+        limit: ``limit_val_batches``/``limit_test_batches`` (an ``int`` count or a ``float`` fraction), or ``None``.
 
     Returns:
         The phase's results.
     """
-    strategy, bus, loop, source = run.strategy, run.bus, run.loop, run.source
-    progress = loop.progress
     batch_event, phase_event = _EVALUATION_EVENTS[phase]
+    epoch = run.loop.progress.epoch
+    limit = limit_of(loader, limit, "limit_val_batches" if phase == "validation" else f"limit_{phase}_batches")
+    run.bus.emit(PhaseStarted, run.source, aggregate, epoch, phase, planned_batches(loader, limit))
+    computed = evaluate_batches(run, aggregate, loader, run.loop.results(phase), phase, limit, batch_event)
+    run.bus.emit(phase_event, run.source, aggregate, epoch, computed)
+    return computed
+
+
+def evaluate_batches(
+    run: Run,
+    aggregate: Any,
+    loader: Iterable[Any],
+    results: PhaseResults,
+    phase: str,
+    limit: int | None,
+    batch_event: type | None,
+    grad_mode: Callable[[], AbstractContextManager[Any]] = torch.inference_mode,
+) -> dict[str, float]:
+    """Evaluate up to ``limit`` batches of ``loader`` under ``grad_mode()`` into ``results`` (reset first),
+    emitting ``batch_event`` per batch when someone handles it; no phase event.
+
+    Args:
+        run: the run.
+        aggregate: the aggregate, set up (put in its ``'evaluation'`` phase here).
+        loader: the loader (as the strategy adapted it).
+        results: where the loss and metrics accumulate.
+        phase: the phase's name, for error messages.
+        limit: the number of batches, ``None`` for all.
+        batch_event: ``BatchValidated``/``BatchTested``, or ``None`` for no batch event.
+        grad_mode: ``torch.inference_mode`` (the phases), or ``torch.no_grad`` where the evaluation may be the
+            first forward of the process (the sanity check): a buffer a module creates at its first forward, or a
+            sharded strategy's gathered parameters, would otherwise be an inference tensor that training cannot use.
+
+    Returns:
+        The results, reduced over the processes.
+    """
+    strategy, loop, source = run.strategy, run.loop, run.source
+    progress = loop.progress
     aggregate.phase = "evaluation"
     epoch = progress.epoch
-    limit = limit_of(loader, limit, "limit_val_batches")
-    bus.emit(PhaseStarted, source, aggregate, epoch, phase, _planned(loader, limit))
-    results = loop.results(phase)
     results.reset()
-    bind_log(aggregate, results.logged)
+    previous = bind_log(aggregate, results.logged)
     evaluate, owner = aggregate.evaluate, f"{type(aggregate).__name__}.evaluate"  # type: ignore[union-attr]
     to_device = strategy.batch_to_device
-    listeners = bus.handlers(batch_event)
+    listeners = run.bus.handlers(batch_event) if batch_event is not None else ()
     wants_targets = results.metrics is not None or bool(listeners)
     read_targets = targets_reader(aggregate, results.metrics is not None, phase)
     profiled = run.profiler.phase(phase) if run.profiler is not None else None
     if run.profiler is not None:
         evaluate, to_device, loader = run.profiler.instrument(phase, evaluate, owner, to_device, loader)
-    with torch.inference_mode(), strategy.forward_context():
+    with grad_mode(), strategy.evaluation_context():
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
                 break
@@ -231,27 +351,48 @@ def evaluate_phase(run: Run, aggregate: Any, loader: Iterable[Any], phase: str, 
             targets = read_targets(batch) if wants_targets else None
             results.update(loss, batch_size(batch), predictions, targets)
             if listeners:
-                event = batch_event(source, aggregate, epoch, index, progress.step, predictions, loss, targets)
+                event = batch_event(source, aggregate, epoch, index, progress.step, predictions, loss, targets)  # type: ignore[misc]
                 for handler in listeners:
                     handler(event)
-    bind_log(aggregate, None)
+    bind_log(aggregate, previous)  # the training phase's, after a mid-epoch validation
     if profiled is not None:
         profiled()
-    computed = results.compute(run.reducer)
-    bus.emit(phase_event, source, aggregate, epoch, computed)
-    return computed
+    return results.compute(run.reducer)
 
 
-def predict_phase(run: Run, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
-    """Predict every batch of ``loader`` (the aggregate set up, in the ``'evaluation'`` phase); emits
-    ``PhaseStarted``, ``BatchPredicted`` per batch and ``Predicted``. Returns one entry per batch."""
+def validate_mid_epoch(run: Run, aggregate: Any, validation: MidEpochValidation) -> dict[str, float]:
+    """Run a validation phase in the middle of the training phase (``PhaseStarted("validation")``,
+    ``BatchValidated``..., ``Validated``), put the aggregate back in its ``'train'`` phase, record the validation in
+    the loop (``validated_step``; its results in ``callback_metrics``) and emit ``MidEpochValidated``.
+
+    Returns:
+        The flat results, ``{"validation/<name>": value}``.
+    """
+    loop = run.loop
+    progress = loop.progress
+    results = evaluate_phase(run, aggregate, validation.loader, "validation", validation.limit)
+    aggregate.phase = "train"
+    loop.validated_step = progress.step
+    flat = {f"validation/{name}": value for name, value in results.items()}
+    loop.callback_metrics = {**loop.callback_metrics, **flat}
+    run.bus.emit(MidEpochValidated, run.source, aggregate, progress.epoch, flat, progress.batch, progress.step)
+    return flat
+
+
+def predict_phase(run: Run, aggregate: Any, loader: Iterable[Any], limit: int | float | None = None) -> list[Any]:
+    """Predict the batches of ``loader`` (the aggregate set up, in the ``'evaluation'`` phase), at most ``limit``
+    (``limit_predict_batches``: an ``int`` count or a ``float`` fraction); emits ``PhaseStarted``,
+    ``BatchPredicted`` per batch and ``Predicted``. Returns one entry per batch."""
     aggregate.phase = "evaluation"
     bus, to_device, source = run.bus, run.strategy.batch_to_device, run.source
-    bus.emit(PhaseStarted, source, aggregate, run.loop.progress.epoch, "predict", _length(loader))
+    count = limit_of(loader, limit, "limit_predict_batches")
+    bus.emit(PhaseStarted, source, aggregate, run.loop.progress.epoch, "predict", planned_batches(loader, count))
     predict: Callable[[Any], Any] | None = getattr(aggregate, "predict", None)
     predictions: list[Any] = []
-    with torch.inference_mode(), run.strategy.forward_context():
+    with torch.inference_mode(), run.strategy.evaluation_context():
         for index, batch in enumerate(loader):
+            if count is not None and index >= count:
+                break
             batch = to_device(batch)
             output = predict(batch) if predict is not None else aggregate(_inputs_of(batch))
             predictions.append(output)
@@ -267,8 +408,9 @@ def _length(loader: Iterable[Any]) -> int | None:
         return None
 
 
-def _planned(loader: Iterable[Any], limit: int | None) -> int | None:
-    """How many batches a phase will run: the loader's length, capped by ``limit``; ``None`` if unknown."""
+def planned_batches(loader: Iterable[Any], limit: int | None) -> int | None:
+    """How many batches a phase will run: the loader's length, capped by ``limit`` (a count, see ``limit_of``);
+    ``None`` if unknown."""
     length = _length(loader)
     if limit is None:
         return length

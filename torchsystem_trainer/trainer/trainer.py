@@ -25,6 +25,13 @@ from torchsystem_trainer.checkpoint import (
     resolve_checkpoint_path,
     restore,
 )
+from torchsystem_trainer.checkpoint.sharded import (
+    is_sharded_checkpoint,
+    read_consolidated,
+    restore_sharded,
+    save_sharded,
+    sharded_checkpoint_state,
+)
 from torchsystem_trainer.events import (
     EndReason,
     ExceptionRaised,
@@ -62,9 +69,9 @@ class Trainer:
     at ``aggregate.epoch`` and ``max_epochs`` is the total the aggregate reaches, as in Lightning: an aggregate at
     epoch 10 with ``max_epochs=12`` trains epochs 10 and 11; one already at 12 trains none (with a warning).
     ``trainer.current_epoch`` and every event's ``epoch`` read the same number. With no limit at all
-    (``max_epochs``, ``max_steps``, ``max_time`` all ``None``) a fit trains one more epoch, as Keras'
-    ``epochs=1`` (an aggregate at epoch k ends at k + 1); with only ``max_steps`` or ``max_time``, epochs repeat
-    until that limit.
+    (``max_epochs``, ``max_steps``, ``max_time``, ``min_epochs``, ``min_steps`` all ``None``) a fit trains one more
+    epoch, as Keras' ``epochs=1`` (an aggregate at epoch k ends at k + 1); with only some of the others (or
+    ``max_epochs=-1``), epochs repeat until a limit or a stop.
 
     Args:
         callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
@@ -72,10 +79,14 @@ class Trainer:
             handlers with ``Depends``). Checked here: a ``Callback`` method that looks
             like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
-            ``"cuda"``, ``"mps"``, ``"ddp"``.
-        max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``.
+            ``"cuda"``, ``"mps"``, ``"ddp"``, ``"fsdp"``.
+        max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``;
+            ``-1``: no epoch limit (Lightning's), the fit ends by another limit or a stop.
         max_steps: stop after this many optimizer steps (>= 0); with gradient accumulation a step spans
             ``accumulate_grad_batches`` batches.
+        min_epochs: a stop requested before the aggregate reaches this epoch count is deferred until it does
+            (Lightning's; a ``StopDeferred`` event says so, once); ``SIGTERM``/``SIGINT`` are never deferred.
+        min_steps: likewise, until this many optimizer steps of the run (``trainer.global_step``).
         max_time: stop after this wall-clock time, checked after every training batch: seconds, a
             ``timedelta``, or ``"DD:HH:MM:SS"``.
         metrics: a torchmetrics ``Metric``, ``MetricCollection`` or ``{name: Metric}``; cloned per phase,
@@ -83,11 +94,22 @@ class Trainer:
         accumulate_grad_batches: batches per optimizer step (>= 1); the step uses the mean gradient.
         gradient_clip_val: clip gradients to this 2-norm (or absolute value), after unscaling; ``None``: no clip.
         gradient_clip_algorithm: ``"norm"`` or ``"value"``.
-        check_val_every_n_epoch: run the validation phase on every n-th epoch (>= 1).
-        limit_train_batches, limit_val_batches: run at most this many batches per epoch (an ``int``), or this
-            fraction of the loader (a ``float`` in ``[0, 1]``).
-        fast_dev_run: ``True`` (or n): one more epoch of 1 (or n) training and validation batches, to smoke-test a
-            set-up; ``ModelCheckpoint`` and the loggers write nothing then.
+        check_val_every_n_epoch: validate in every n-th epoch (>= 1); ``None``: in every epoch, every
+            ``val_check_interval`` training batches counted across epochs (which must be an ``int`` then).
+        val_check_interval: when, within an epoch, to validate (Lightning's): ``1.0`` (or ``None``, the default) at
+            its end; a ``float`` in ``(0, 1)`` after every that fraction of its training batches; an ``int`` n after
+            every n training batches (see :mod:`~torchsystem_trainer.trainer.val_check`). A validation inside the
+            epoch is followed by ``MidEpochValidated``, which ``EarlyStopping`` and ``ModelCheckpoint`` check.
+        num_sanity_val_steps: validation batches run before the first training batch of a fit (Lightning's default
+            2; ``-1``: the whole validation loader; ``0``: none), their results reported only by
+            ``SanityCheckEnded``; skipped on a fit resumed from a checkpoint and under ``fast_dev_run``.
+        limit_train_batches, limit_val_batches, limit_test_batches, limit_predict_batches: run at most this many
+            batches of the loader (an ``int``), or this fraction of it (a ``float`` in ``[0, 1]``), per epoch of a
+            fit or per ``test``/``predict`` call. ``limit_val_batches`` resolving to 0 batches turns the fit's
+            validation off (Lightning's) and applies to ``validate`` too.
+        fast_dev_run: ``True`` (or n): one more epoch of 1 (or n) training and validation batches (and ``test``
+            and ``predict`` of 1 or n batches), without sanity check, to smoke-test a set-up; ``ModelCheckpoint``
+            and the loggers write nothing then.
         enable_progress_bar: add a ``ProgressBar``; ``None`` means when stderr (where it draws) is a terminal.
         enable_model_summary: add a ``ModelSummary`` (a table of the aggregate's modules at each fit's start).
         verbose: add ``ConsoleLines``: a line per epoch when no progress bar draws, and lines for how a fit
@@ -130,7 +152,7 @@ class Trainer:
         accumulate_grad_batches: int = 1,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
-        check_val_every_n_epoch: int = 1,
+        check_val_every_n_epoch: int | None = 1,
         limit_train_batches: int | float | None = None,
         limit_val_batches: int | float | None = None,
         fast_dev_run: bool | int = False,
@@ -141,28 +163,44 @@ class Trainer:
         seed: int | None = None,
         deterministic: bool = False,
         precision: str | None = None,
+        min_epochs: int | None = None,
+        min_steps: int | None = None,
+        val_check_interval: int | float | None = None,
+        num_sanity_val_steps: int = 2,
+        limit_test_batches: int | float | None = None,
+        limit_predict_batches: int | float | None = None,
         profiler: str | SimpleProfiler | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
             valid = [name for name in inspect.signature(Trainer).parameters if name != "unknown"]
             check.unknown_keywords(unknown, valid)
-        self.max_epochs = check.non_negative_int("max_epochs", max_epochs)
+        self.max_epochs = check.max_epochs(max_epochs)
         self.max_steps = check.non_negative_int("max_steps", max_steps)
         self.max_time = check.seconds("max_time", max_time)
+        self.min_epochs = check.non_negative_int("min_epochs", min_epochs)
+        self.min_steps = check.non_negative_int("min_steps", min_steps)
         self.accumulate_grad_batches = check.positive_int("accumulate_grad_batches", accumulate_grad_batches)
         self.gradient_clip_val = check.non_negative_float("gradient_clip_val", gradient_clip_val)
         self.gradient_clip_algorithm = check.choice("gradient_clip_algorithm", gradient_clip_algorithm, CLIP_ALGORITHMS)
-        self.check_val_every_n_epoch = check.positive_int("check_val_every_n_epoch", check_val_every_n_epoch)
+        self.check_val_every_n_epoch = check.optional_positive_int("check_val_every_n_epoch", check_val_every_n_epoch)
+        self.val_check_interval = check.val_check_interval(val_check_interval, self.check_val_every_n_epoch)
+        self.num_sanity_val_steps = check.num_sanity_val_steps(num_sanity_val_steps)
         self.limit_train_batches = check.limit("limit_train_batches", limit_train_batches)
         self.limit_val_batches = check.limit("limit_val_batches", limit_val_batches)
+        self.limit_test_batches = check.limit("limit_test_batches", limit_test_batches)
+        self.limit_predict_batches = check.limit("limit_predict_batches", limit_predict_batches)
         fast = check.fast_dev_run(fast_dev_run)
         self.fast_dev_run: int = fast
-        if fast:
+        if fast:  # Lightning's fast_dev_run: n batches of every loader, no sanity check, validation at the end
             self.max_epochs, self.max_steps, self.max_time = None, None, None
             self.limit_train_batches = self.limit_val_batches = fast
+            self.limit_test_batches = self.limit_predict_batches = fast
+            self.num_sanity_val_steps, self.val_check_interval, self.check_val_every_n_epoch = 0, 1.0, 1
         # with no limit at all (or fast_dev_run), a fit trains one more epoch (Keras' epochs=1)
-        self._one_more_epoch = self.max_epochs is None and self.max_steps is None and self.max_time is None
+        self._one_more_epoch = fast > 0 or all(
+            value is None for value in (self.max_epochs, self.max_steps, self.max_time, self.min_epochs, self.min_steps)
+        )
         self.seed = None if seed is None else check.non_negative_int("seed", seed)
         self.deterministic = bool(deterministic)
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
@@ -180,7 +218,7 @@ class Trainer:
             callbacks,
             key=lambda c: (
                 bool(getattr(c, "runs_after_checkpoints", False)),
-                callable(getattr(c, "checkpoint_path", None)),
+                _is_checkpointer(c),
             ),
         )
         self._subscriptions = check.subscriptions(self.callbacks)
@@ -221,6 +259,12 @@ class Trainer:
     def callback_metrics(self) -> dict[str, float]:
         """The last finished epoch's results, ``{"<phase>/<name>": float}`` (Lightning's name)."""
         return self.loop.callback_metrics
+
+    @property
+    def sanity_checking(self) -> bool:
+        """Whether the sanity check before the first training batch is running (Lightning's name): ``True`` from
+        ``SanityCheckStarted`` to ``SanityCheckEnded``, so the aggregate's ``evaluate`` can tell."""
+        return self.loop.sanity_checking
 
     @property
     def current_epoch(self) -> int:
@@ -267,27 +311,51 @@ class Trainer:
         order)::
 
             FitStarted
+            if num_sanity_val_steps and not resumed:          # Lightning's sanity check, before any training
+                SanityCheckStarted(batches)                   #   trainer.sanity_checking is True in between
+                aggregate.evaluate(*batch) for those batches  #   no Phase/Batch/Validated events, no metrics
+                SanityCheckEnded(results)                     #   random generators put back as they were
             for epoch in epochs:                              # from aggregate.epoch, until a limit or a stop
                 EpochStarted(epoch)
                 PhaseStarted("train")
                 for batch in train_loader:                    # aggregate in 'train' phase, under autocast
                     aggregate.fit(*batch)                     #   GradientsComputed before each optimizer step
                     BatchTrained(epoch, batch, step)
+                    if a stop was requested:                  #   should_stop, unless min_epochs/min_steps defer
+                        break                                 #   it (StopDeferred, once per fit)
+                    if validation is due here, mid-epoch:     #   val_check_interval, not the epoch's last batch
+                        PhaseStarted("validation")
+                        BatchValidated(epoch, batch, step)... #   'evaluation' phase, torch.inference_mode()
+                        Validated(results)
+                        MidEpochValidated(results as "validation/<name>", batch, step)
+                    if max_steps or max_time is reached: break
                 Trained(results)
-                if validation is due:                         # every check_val_every_n_epoch epochs
-                    PhaseStarted("validation")
+                if validation is due at the epoch's end:      # check_val_every_n_epoch, val_check_interval;
+                    PhaseStarted("validation")                #   skipped when the training phase was cut short
                     for batch in validation_loader:           # 'evaluation' phase, torch.inference_mode()
                         aggregate.evaluate(*batch)
                         BatchValidated(epoch, batch, step)
                     Validated(results)
                 aggregate.epoch += 1                          # fires onepoch; a committed StopIteration stops
-                Iterated(results as "<phase>/<name>")
+                Iterated(results as "<phase>/<name>")         # the end-of-epoch validation's only
+                StopDeferred(...)                             # when a stop came before the minimum (once)
             FitEnded(reason)                                  # always last; see the events module's table
+
+        With the default ``val_check_interval=1.0`` nothing validates inside an epoch. With
+        ``val_check_interval=0.5`` on 4 training batches, epoch 0 runs::
+
+            EpochStarted(0), PhaseStarted(0, "train"),
+            BatchTrained(0, 0, 1), BatchTrained(0, 1, 2),
+            PhaseStarted(0, "validation"), BatchValidated..., Validated(0), MidEpochValidated(0, batch=2, step=2),
+            BatchTrained(0, 2, 3), BatchTrained(0, 3, 4), Trained(0),
+            PhaseStarted(0, "validation"), BatchValidated..., Validated(0), Iterated(0)
 
         Resumed from a checkpoint written in the middle of epoch ``e`` after ``k`` training batches, the same
         sequence starts with ``FitStarted``, ``EpochStarted(e)``, ``PhaseStarted("train")`` (read
         ``trainer.progress.batch == k`` there), then ``BatchTrained`` from batch ``k``: the batches trained
-        before the checkpoint are neither loaded nor seen again, and the epoch's results include them.
+        before the checkpoint are neither loaded nor seen again, and the epoch's results include them. No sanity
+        check runs. When a mid-epoch validation was due after batch ``k`` and the checkpoint was written before it
+        ran (a step checkpoint, an interruption), it runs right after ``PhaseStarted("train")``.
 
         ``SIGTERM`` and ``SIGINT`` (Ctrl-C) received during ``fit`` (in the main thread) stop it after the current
         training step: ``FitEnded("interrupted")``, ``ModelCheckpoint`` writes a checkpoint, ``fit`` returns with
@@ -398,7 +466,11 @@ class Trainer:
         """Write a checkpoint of ``aggregate`` and this trainer now, atomically, as ``ModelCheckpoint`` does
         (Lightning's ``Trainer.save_checkpoint``): the whole state of ``checkpoint_state`` (resumable with
         ``fit(ckpt_path=filepath)``), or with ``weights_only`` the weights alone (``weights_state``: for
-        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only.
+        ``load_weights``/``load_model``, not for resuming). Written by the process of global rank 0 only; under a
+        strategy with sharded checkpoints (``FSDPStrategy``) every process must call it: the whole state is then a
+        ``torch.distributed.checkpoint`` folder at ``filepath`` each process writes its shard of
+        (:mod:`~torchsystem_trainer.checkpoint.sharded`), and the weights-only file holds the weights gathered to
+        rank 0.
 
         Args:
             filepath: the file; its folder is created when missing.
@@ -422,7 +494,13 @@ class Trainer:
                 "Trainer.save_checkpoint: aggregate=None and this trainer has run no aggregate in this process; "
                 "pass aggregate="
             )
-        state = weights_state(target, self.callbacks) if weights_only else checkpoint_state(self, target)
+        if self.strategy.sharded_checkpoints and not weights_only:
+            return save_sharded(sharded_checkpoint_state(self, target), filepath)
+        if weights_only:
+            gathered = self.strategy.aggregate_state(target)["modules"] if self.strategy.sharded_checkpoints else None
+            state = weights_state(target, self.callbacks, modules=gathered)
+        else:
+            state = checkpoint_state(self, target)
         if self.strategy.is_global_zero:
             save_atomic(state, filepath)
         return Path(filepath)
@@ -477,10 +555,11 @@ class Trainer:
         run (``profiler``: the fit's, which then times the callbacks' handlers and the phases)."""
         strategy = self.strategy
         zero = strategy.is_global_zero
+        sharded = strategy.sharded_checkpoints  # every process writes its shard: checkpoint callbacks run everywhere
         kept = [
             (callback, table)
             for callback, table in zip(self.callbacks, self._subscriptions, strict=True)
-            if zero or not getattr(callback, "rank_zero_only", False)
+            if zero or not getattr(callback, "rank_zero_only", False) or (sharded and _is_checkpointer(callback))
         ]
         wrap = None if profiler is None else profiler.wrap
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept], wrap)
@@ -518,18 +597,17 @@ class Trainer:
                 # no event (and a bad checkpoint changes nothing); the loaders come first, restoring reads them
                 loaders = [(phase, self.strategy.process_dataloader(loader, phase)) for phase, loader in pairs]
                 loop.loaders = dict(loaders)
-                if ckpt_path is not None:
-                    path = resolve_checkpoint_path(self, ckpt_path)
-                    if path is not None:
-                        restore(self, aggregate, path)
-                        loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
-                        self.ckpt_path = path
+                path = None if ckpt_path is None else resolve_checkpoint_path(self, ckpt_path)
+                if path is not None:
+                    (restore_sharded if is_sharded_checkpoint(path) else restore)(self, aggregate, path)
+                    loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
+                    self.ckpt_path = path
                 if profiler is not None:
                     profiler.start(self.default_root_dir, self.strategy.root_device, self.strategy.global_rank)
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
-                        reason = run_epochs(self._run, aggregate, loaders, self._limits())
+                        reason = run_epochs(self._run, aggregate, loaders, self._limits(resumed=path is not None))
                     loop.interrupted = reason == "interrupted"
                 except KeyboardInterrupt as error:
                     reason, loop.interrupted = "interrupted", True
@@ -552,15 +630,19 @@ class Trainer:
                 # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
                 loop.loaders = {}
 
-    def _limits(self) -> FitLimits:
+    def _limits(self, resumed: bool) -> FitLimits:
         return FitLimits(
-            max_epochs=self.max_epochs,
+            max_epochs=None if self.max_epochs == -1 else self.max_epochs,
             one_more_epoch=self._one_more_epoch,
             max_steps=self.max_steps,
             max_time=self.max_time,
             limit_train_batches=self.limit_train_batches,
             limit_val_batches=self.limit_val_batches,
             check_val_every_n_epoch=self.check_val_every_n_epoch,
+            val_check_interval=self.val_check_interval,
+            min_epochs=self.min_epochs,
+            min_steps=self.min_steps,
+            num_sanity_val_steps=0 if resumed else self.num_sanity_val_steps,  # Lightning skips it when restarting
         )
 
     def _evaluate_only(self, aggregate: Module, loaders: Any, phase: str, ckpt_path: Any) -> dict[str, float]:
@@ -573,19 +655,21 @@ class Trainer:
             path = resolve_checkpoint_path(self, ckpt_path)
             if path is None:
                 raise ValueError(f"Trainer.{method}: ckpt_path={ckpt_path!r}, but there is no checkpoint yet")
-            load_aggregate_state(aggregate, read_checkpoint(path)["aggregate"], str(path))
+            saved = read_consolidated(path, weights_only=True) if is_sharded_checkpoint(path) else read_checkpoint(path)
+            load_aggregate_state(aggregate, saved["aggregate"], str(path))
         return self._launch(self._run_evaluation, aggregate, loader, phase)
 
     def _run_evaluation(self, aggregate: Module, loader: Iterable[Any], phase: str) -> dict[str, float]:
         def run() -> dict[str, float]:
-            limit = self.limit_val_batches if phase == "validation" else None
+            limit = self.limit_val_batches if phase == "validation" else self.limit_test_batches
             return evaluate_phase(self._run, aggregate, self.strategy.process_dataloader(loader, phase), phase, limit)
 
         return self._run_stage(aggregate, "validate" if phase == "validation" else "test", run)
 
     def _predict(self, aggregate: Any, loader: Iterable[Any]) -> list[Any]:
         def run() -> list[Any]:
-            return predict_phase(self._run, aggregate, self.strategy.process_dataloader(loader, "predict"))
+            adapted = self.strategy.process_dataloader(loader, "predict")
+            return predict_phase(self._run, aggregate, adapted, self.limit_predict_batches)
 
         return self._run_stage(aggregate, "predict", run)
 
@@ -638,6 +722,11 @@ class _Outcome(NamedTuple):
 
     result: Any
     state: dict[str, Any] | None
+
+
+def _is_checkpointer(callback: Any) -> bool:
+    """Whether ``callback`` writes checkpoints (it finds them for ``ckpt_path="last"``: ``ModelCheckpoint``)."""
+    return callable(getattr(callback, "checkpoint_path", None))
 
 
 def _is_stateful(callback: Any) -> bool:
