@@ -21,13 +21,16 @@ Variants (all train the same network from the same seed on the same batches, in 
 ``trainer-std``     the Trainer with the standard set: ``EarlyStopping``, ``ModelCheckpoint`` (every epoch,
                     all kept), ``TensorBoardLogger`` (default ``log_every_n_steps=50``), the metric, and the
                     validation loader.
-``raw-loggers``     the hand-written loop doing by hand what ``TensorBoardLogger`` and ``CSVLogger`` do: the
-                    training loss read every 50 steps and written as a TensorBoard scalar and a CSV row, the
-                    sample-weighted epoch loss and the epoch written to both, the hyper-parameters written once
+``raw-loggers``     the hand-written loop doing by hand what ``Aggregate.log`` of two values per step,
+                    ``TensorBoardLogger`` and ``CSVLogger`` do: per step the loss kept twice (a sample-weighted
+                    mean, ``objective``, also written as a step value, and a maximum, ``peak``); every 50 steps
+                    the loss and the step value read at once and written as TensorBoard scalars and a CSV row;
+                    at each epoch's end the sample-weighted loss, the mean and the maximum computed on the
+                    device, read at once and written to both with the epoch; the hyper-parameters written once
                     (a TensorBoard hparams summary and a YAML file), the CSV appended at each epoch's end.
 ``trainer-loggers`` the Trainer with ``TensorBoardLogger`` and ``CSVLogger`` (``log_every_n_steps=50``), no
-                    validation, no metric: the loggers' own cost. (When ``Aggregate.log`` lands, its aggregate
-                    logs two values per step and both sides write them.)
+                    validation, no metric; its aggregate's ``fit`` logs two values per step:
+                    ``self.log("objective", loss, on_step=True)`` and ``self.log("peak", loss, reduce_fx="max")``.
 ``trainer-tracked`` ``trainer-std`` plus ``RunTracker`` writing the run store to a SQLite file (a new run per
                     fit; the aggregate gets an identity with ``initialize``). Measured against ``trainer-std``.
 ``lightning``       Lightning 2.x (``lightning`` or ``pytorch_lightning``) with logging, checkpointing, the
@@ -269,13 +272,15 @@ def _raw_loggers(
         folder = tmp / "csv" / "version_0"
         folder.mkdir(parents=True)
         (folder / "hparams.yaml").write_text("".join(f"{key}: {value}\n" for key, value in params.items()))
-        columns = ["step", "epoch", "train/loss_step", "train/loss"]
+        columns = ["step", "epoch", "train/loss_step", "train/objective_step", "train/loss", "train/objective",
+                   "train/peak"]
         with open(folder / "metrics.csv", "w", newline="") as file:
             csv.DictWriter(file, columns).writeheader()
         step, rows = 0, []
         net.train()
         for epoch in range(workload.epochs):
             losses: list[torch.Tensor] = []
+            objectives: list[torch.Tensor] = []  # what self.log("objective", ...) and ("peak", ...) keep
             sizes: list[int] = []
             for inputs, targets in data.train:
                 inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
@@ -283,20 +288,29 @@ def _raw_loggers(
                 loss = criterion(net(inputs), targets)
                 loss.backward()
                 optimizer.step()
-                losses.append(loss.detach())
+                loss = loss.detach()
+                losses.append(loss)
+                objectives.append(loss)
                 sizes.append(inputs.shape[0])
                 step += 1
                 if step % LOG_EVERY_N_STEPS == 0:
-                    value = float(loss.detach())
+                    value, objective = torch.stack([loss, objective_of(loss)]).tolist()
                     writer.add_scalar("train/loss_step", value, step)
-                    rows.append({"step": step, "train/loss_step": value})
+                    writer.add_scalar("train/objective_step", objective, step)
+                    rows.append({"step": step, "train/loss_step": value, "train/objective_step": objective})
             stacked = torch.stack(losses).float()
+            kept = torch.stack(objectives).float()
             sizes_tensor = torch.tensor(sizes, dtype=stacked.dtype, device=stacked.device)
-            mean = float(torch.dot(stacked, sizes_tensor)) / sum(sizes)
-            writer.add_scalar("train/loss", mean, step)
+            loss_sum, objective_sum, peak = torch.stack(
+                [torch.dot(stacked, sizes_tensor), torch.dot(kept, sizes_tensor), kept.max()]
+            ).tolist()
+            results = {"train/loss": loss_sum / sum(sizes), "train/objective": objective_sum / sum(sizes),
+                       "train/peak": peak}
+            for key, value in results.items():
+                writer.add_scalar(key, value, step)
             writer.add_scalar("epoch", epoch, step)
             writer.flush()
-            rows.append({"step": step, "epoch": epoch, "train/loss": mean})
+            rows.append({"step": step, "epoch": epoch, **results})
             with open(folder / "metrics.csv", "a", newline="") as file:
                 csv.DictWriter(file, columns).writerows(rows)
             rows = []
@@ -308,7 +322,12 @@ def _raw_loggers(
 # -- the Trainer ----------------------------------------------------------------------------------------------
 
 
-def _aggregate(workload: Workload, device: torch.device) -> Any:
+def objective_of(loss: torch.Tensor) -> torch.Tensor:
+    """The value both logging variants log per step (the loss itself: logging adds no arithmetic to the step)."""
+    return loss
+
+
+def _aggregate(workload: Workload, device: torch.device, logs: bool = False) -> Any:
     from torchsystem_trainer import Aggregate
 
     class Model(Aggregate):
@@ -323,9 +342,18 @@ def _aggregate(workload: Workload, device: torch.device) -> Any:
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:
             return self.nn(inputs)  # type: ignore[no-any-return]
 
+    class Logging(Model):
+        """The same, logging two values per step (``Aggregate.log``)."""
+
+        def fit(self, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
+            outputs, loss = super().fit(inputs, targets)
+            self.log("objective", objective_of(loss), on_step=True)
+            self.log("peak", loss, reduce_fx="max")
+            return outputs, loss
+
     torch.manual_seed(SEED)
     net = workload.network().to(device)
-    return Model(net, workload.criterion(), workload.optimizer(net.parameters()))
+    return (Logging if logs else Model)(net, workload.criterion(), workload.optimizer(net.parameters()))
 
 
 def _trainer(workload: Workload, data: Data, device: torch.device, tmp: Path) -> tuple[nn.Module, Callable[[], None]]:
@@ -389,7 +417,7 @@ def _trainer_loggers(
     from torchsystem_trainer import Trainer
     from torchsystem_trainer.callbacks import CSVLogger, TensorBoardLogger
 
-    model = _aggregate(workload, device)
+    model = _aggregate(workload, device, logs=True)
 
     def fit() -> None:
         trainer = Trainer(

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("events",),  # the Trainer's event vocabulary: built on the domain's Event, read by callbacks
     ("checkpoint",),
     ("strategies",),
+    ("profilers",),  # timers the Trainer wraps around its phases and handlers when asked
     ("trainer",),
     ("callbacks",),
     ("tuner", "tracking"),  # tools over the Trainer, and the run store (a consumer + a reader)

@@ -63,10 +63,11 @@ ending            cause                                           events at the 
                   loader or a callback                            exception propagates out of ``fit``
 ================  ==============================================  =========================================
 
-When a limit or a stop request arrives in the middle of the training phase, the epoch's validation phase is
-skipped (as in Lightning), so ``Iterated.results`` then holds only the ``train/...`` keys. A mid-epoch validation
-(``val_check_interval``) due after the batch that reaches ``max_steps`` or ``max_time`` still runs, as a validation
-due at the epoch's last batch does; one due after the batch where a stop was requested does not.
+When a limit or a stop request arrives in the middle of the training phase, the epoch's validation phase is skipped
+(the epoch did not reach its end, where that validation is due), so ``Iterated.results`` then holds only the
+``train/...`` keys. A mid-epoch validation (``val_check_interval``) due after the batch that reaches ``max_steps``
+or ``max_time`` still runs, as a validation due at the epoch's last batch does; one due after the batch where a stop
+was requested does not.
 
 Validations of a fit, and which event reports each one's results as ``"validation/<name>"`` (what
 ``EarlyStopping``, ``ModelCheckpoint`` and ``LearningRateScheduler`` read):

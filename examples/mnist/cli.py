@@ -177,6 +177,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", default=None, help="the experiment's name in the store; default the dataset")
     parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=None,
                         help="draw tqdm progress bars (default: when stderr is a terminal)")
+    parser.add_argument("--profiler", choices=["simple", "pytorch"], default=None,
+                        help="print where the fit's time went (pytorch: also a torch.profiler trace in "
+                             "<runs-dir>/profiler)")
     parser.add_argument("--lr-find", action="store_true",
                         help="instead of training, run the learning-rate range test: print the suggested --lr and "
                              "plot the loss curve")
@@ -248,6 +251,7 @@ def run(options: argparse.Namespace) -> RunResult:
         metrics={"accuracy": Accuracy(task="multiclass", num_classes=10)},
         default_root_dir=options.runs_dir,
         seed=options.seed,
+        profiler=options.profiler,
     )
     compilation.compiler.dependency_overrides[compilation.device] = lambda: str(trainer.strategy.root_device)
     compilation.compiler.dependency_overrides[compilation.compile_enabled] = lambda: bool(options.compile)

@@ -129,3 +129,32 @@ def test_the_check_catches_a_consumer_that_reads_the_loss(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert train.batches == 2
+
+
+class Logging(Plain):
+    """Logs two device tensors (one with step values, shown on the bar) and a Python number (reduced on the host)
+    per training step, and a device tensor per evaluation step."""
+
+    def fit(self, inputs, targets):
+        outputs, loss = super().fit(inputs, targets)
+        self.log("double", loss * 2, on_step=True, prog_bar=True)
+        self.log("largest", outputs.detach().max(), reduce_fx="max")
+        self.log("samples", inputs.shape[0], reduce_fx="sum")
+        return outputs, loss
+
+    def evaluate(self, inputs, targets):
+        outputs, loss = super().evaluate(inputs, targets)
+        self.log("half", loss / 2)
+        return outputs, loss
+
+
+def test_logging_from_the_aggregate_makes_no_sync_per_batch():
+    # 1100 batches: the logged values are folded on the device every 1024, as the losses are
+    torch.manual_seed(0)
+    train, validation = SyncChecked(loader(samples=4 * 1100)), SyncChecked(loader(samples=16, seed=1))
+    trainer = Trainer(strategy=_strategy("32-true"), enable_progress_bar=False)
+    trainer.fit(Logging(), [("train", train), ("validation", validation)])
+    results = trainer.callback_metrics
+    assert train.batches == 1100 and results["train/samples"] == 4 * 1100
+    assert results["train/double"] == pytest.approx(2 * results["train/loss"], rel=1e-5)
+    assert results["validation/half"] == pytest.approx(results["validation/loss"] / 2, rel=1e-5)

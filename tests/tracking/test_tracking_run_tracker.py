@@ -340,3 +340,80 @@ def test_the_heartbeat_is_written_from_batch_events_at_most_every_interval(sqlit
         _trainer(tracker, max_epochs=1).fit(make_model(), [("train", make_data(samples=64))])
     assert beats and len(beats) < 16  # not every batch
     assert beats == sorted(beats)
+
+
+def test_logged_values_are_metrics_and_step_values_are_written_batched(sqlite_url: str) -> None:
+    from tests.tracking.conftest import Model
+
+    class Logging(Model):
+        def fit(self, inputs, targets):
+            outputs, loss = super().fit(inputs, targets)
+            self.log("scaled", loss * 10, on_step=True)
+            return outputs, loss
+
+        def evaluate(self, inputs, targets):
+            outputs, loss = super().evaluate(inputs, targets)
+            self.log("half", loss / 2, on_step=True)
+            return outputs, loss
+
+    transactions: list[str] = []
+
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.losses: dict[int, float] = {}
+
+        def on_batch_trained(self, event) -> None:
+            self.losses[event.step] = event.loss.item()
+
+    from torchsystem_trainer.tracking.writer import Writer
+
+    submit = Writer.submit
+
+    def spy(self, description, unit):  # the transactions the tracker makes
+        transactions.append(description)
+        return submit(self, description, unit)
+
+    torch.manual_seed(0)
+    model, steps = Logging(), Steps()
+    tracker = RunTracker(sqlite_url, log_every_n_steps=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Writer, "submit", spy)
+        _trainer(tracker, steps).fit(model, _loaders())
+
+    assert not any("step" in description for description in transactions)  # only with the phases' results
+    with Tracker(sqlite_url) as store:
+        scaled = [(m.epoch, m.step, m.value) for m in store.metrics(tracker.run_id, name="scaled_step")]
+        assert [(epoch, step) for epoch, step, _ in scaled] == [(0, 2), (0, 4), (1, 6), (1, 8)]
+        for _, step, value in scaled:
+            assert value == pytest.approx(10 * steps.losses[step], rel=1e-6)
+        half = [(m.phase, m.epoch, m.step) for m in store.metrics(tracker.run_id, name="half_step")]
+        assert half == [("validation", 0, 2), ("validation", 0, 4), ("validation", 1, 6), ("validation", 1, 8)]
+        epochs = {(m.phase, m.epoch) for m in store.metrics(tracker.run_id, name="scaled")}
+        assert epochs == {("train", 0), ("train", 1)}
+
+
+def test_many_step_values_are_written_in_batches_of_their_own(sqlite_url: str) -> None:
+    from tests.tracking.conftest import Model
+    from torchsystem_trainer.tracking.writer import Writer
+
+    class Logging(Model):
+        def fit(self, inputs, targets):
+            outputs, loss = super().fit(inputs, targets)
+            self.log("scaled", loss * 10, on_step=True, on_epoch=False)
+            return outputs, loss
+
+    transactions: list[str] = []
+    submit = Writer.submit
+
+    def spy(self, description, unit):
+        transactions.append(description)
+        return submit(self, description, unit)
+
+    torch.manual_seed(0)
+    tracker = RunTracker(sqlite_url, log_every_n_steps=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Writer, "submit", spy)
+        _trainer(tracker, max_epochs=1).fit(Logging(), make_data(samples=4 * 450))
+    assert transactions.count("step values") == 2  # rows 1-200 and 201-400; the last 50 with the phase's results
+    with Tracker(sqlite_url) as store:
+        assert [m.step for m in store.metrics(tracker.run_id, name="scaled_step")] == list(range(1, 451))

@@ -40,14 +40,33 @@ def host_reads(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("metrics", [None, "accuracy"], ids=["no-metrics", "accuracy"])
-def test_host_reads_do_not_grow_with_the_number_of_steps(host_reads, metrics):
+class Logging(Classifier):
+    """Logs two values per step (one of them also as a step value), and one per evaluation step."""
+
+    def fit(self, inputs, targets):
+        outputs, loss = super().fit(inputs, targets)
+        self.log("double", loss * 2, on_step=True, prog_bar=True)
+        self.log("largest", outputs.max(), reduce_fx="max")
+        return outputs, loss
+
+    def evaluate(self, inputs, targets):
+        outputs, loss = super().evaluate(inputs, targets)
+        self.log("half", loss / 2)
+        return outputs, loss
+
+
+@pytest.mark.parametrize(
+    ("metrics", "aggregate"),
+    [(None, Classifier), ("accuracy", Classifier), (None, Logging)],
+    ids=["no-metrics", "accuracy", "logging"],
+)
+def test_host_reads_do_not_grow_with_the_number_of_steps(host_reads, metrics, aggregate):
     def fit(batches: int) -> int:
         torch.manual_seed(0)
         metric = None if metrics is None else torchmetrics.Accuracy("multiclass", num_classes=2)
         host_reads["n"] = 0
         Trainer(metrics=metric, enable_progress_bar=False).fit(
-            Classifier(), [("train", make_data(samples=4 * batches)), ("validation", make_data(samples=8))]
+            aggregate(), [("train", make_data(samples=4 * batches)), ("validation", make_data(samples=8))]
         )
         return host_reads["n"]
 

@@ -11,7 +11,8 @@ key                                   value
                                       hash); absent when the identity is not set
 ``aggregate/<parameter>``             the aggregate's own constructor signature, when its class is registered
 ``<attr>``                            for each registered object the aggregate holds (submodules first, then other
-                                      public attributes): its registry name
+                                      public attributes; the items of a list, tuple or dict attribute as
+                                      ``<attr>/<index or key>``): its registry name
 ``<attr>/<parameter>``                its full constructor signature, defaults not passed included
                                       (:func:`~torchsystem_trainer.registry.getparameters`); a registered object among
                                       the arguments flattens the same way (``nn/activation``,
@@ -45,10 +46,12 @@ from torch.optim import Optimizer
 
 from torchsystem_trainer.registry import UnregisteredError, getname, getparameters
 
-__all__ = ["HParam", "hyperparameters"]
+__all__ = ["HParam", "hyperparameters", "identity", "optimizer_settings", "parts"]
 
 HParam = bool | int | float | str | None
 """One hyper-parameter's value, as :func:`hyperparameters` returns them."""
+
+_PLAIN = (str, int, float, bool, type(None))
 
 _TRAINER_SETTINGS = (
     "max_epochs",
@@ -84,37 +87,62 @@ def hyperparameters(aggregate: Any, trainer: Any = None) -> dict[str, HParam]:
         Nothing: unregistered parts are left out, an identity that cannot be computed is left out.
     """
     flat: dict[str, HParam] = {"aggregate": getname(aggregate)}
-    identity = _identity(aggregate)
-    if identity is not None:
-        flat["aggregate/id"] = identity
+    found = identity(aggregate)
+    if found is not None:
+        flat["aggregate/id"] = found
     _add_registered("aggregate", aggregate, flat, deep=False)
-    for attribute, part in _parts(aggregate):
+    for attribute, part in parts(aggregate):
         _add_registered(attribute, part, flat, deep=True)
-        for key, optimizer in _optimizers(attribute, part):
-            _add_optimizer(key, optimizer, flat)
+        if isinstance(part, Optimizer):
+            _add_optimizer(attribute, part, flat)
     if trainer is not None:
         _add_trainer(trainer, flat)
     return flat
 
 
-def _identity(aggregate: Any) -> str | None:
+def identity(aggregate: Any) -> str | None:
+    """``str(aggregate.id)``, or ``None`` when the aggregate has no identity (not initialized, no ``id``, or an
+    ``id`` property that raises)."""
     try:
-        identity = aggregate.id
+        found = aggregate.id
     except Exception:  # not initialized, unregistered parts, a user's property that fails
         return None
-    return None if identity is None else str(identity)
+    return None if found is None else str(found)
 
 
-def _parts(aggregate: Any) -> Iterator[tuple[str, Any]]:
-    """The aggregate's submodules, then its other public attributes (the optimizer, a scheduler...)."""
-    seen: set[str] = set()
-    if isinstance(aggregate, Module):
-        for name, child in aggregate.named_children():
-            seen.add(name)
-            yield name, child
-    for name, value in vars(aggregate).items():
-        if not name.startswith("_") and name not in seen:
-            yield name, value
+def parts(aggregate: Any, separator: str = "/") -> Iterator[tuple[str, Any]]:
+    """What the aggregate holds: its submodules, then its other public attributes (the optimizer, a scheduler...),
+    each object once; the items of a list, tuple or dict attribute one by one, as ``<attr><separator><index or
+    key>``; plain values (numbers, strings, ``None``) left out. Shared with the run store
+    (``torchsystem_trainer.tracking.describe``, with ``separator="."``).
+
+    Args:
+        aggregate: any object (an ``nn.Module``'s children come first).
+        separator: between an attribute's name and an item's index or key.
+
+    Yields:
+        ``(key, object)``.
+    """
+    seen: set[int] = set()
+    children = dict(aggregate.named_children()) if isinstance(aggregate, Module) else {}
+    public = {name: value for name, value in vars(aggregate).items() if not name.startswith("_")}
+    for name, value in {**children, **public}.items():
+        if isinstance(value, (list, tuple)):
+            items: list[tuple[str, Any]] = [(f"{name}{separator}{index}", item) for index, item in enumerate(value)]
+        elif isinstance(value, dict):
+            items = [(f"{name}{separator}{key}", item) for key, item in value.items()]
+        else:
+            items = [(name, value)]
+        for key, item in items:
+            if id(item) not in seen and not isinstance(item, _PLAIN):
+                seen.add(id(item))
+                yield key, item
+
+
+def optimizer_settings(optimizer: Optimizer) -> list[dict[str, Any]]:
+    """Every setting of each of ``optimizer``'s ``param_groups`` but ``params`` (``lr``, ``betas``,
+    ``weight_decay``...), as they are now: one dict per group."""
+    return [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
 
 
 def _add_registered(key: str, part: Any, flat: dict[str, HParam], deep: bool) -> None:
@@ -143,27 +171,13 @@ def _add_registered(key: str, part: Any, flat: dict[str, HParam], deep: bool) ->
                 flat.setdefault(name, value)
 
 
-def _optimizers(attribute: str, value: Any) -> Iterator[tuple[str, Optimizer]]:
-    if isinstance(value, Optimizer):
-        yield attribute, value
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            if isinstance(item, Optimizer):
-                yield f"{attribute}/{index}", item
-    elif isinstance(value, dict):
-        for name, item in value.items():
-            if isinstance(item, Optimizer):
-                yield f"{attribute}/{name}", item
-
-
 def _add_optimizer(key: str, optimizer: Optimizer, flat: dict[str, HParam]) -> None:
     flat.setdefault(key, getname(optimizer))
-    groups = optimizer.param_groups
+    groups = optimizer_settings(optimizer)
     for index, group in enumerate(groups):
         prefix = key if len(groups) == 1 else f"{key}/{index}"
         for setting, value in group.items():
-            if setting != "params":
-                flat[f"{prefix}/{setting}"] = _scalar(value)  # the live value wins over the captured argument
+            flat[f"{prefix}/{setting}"] = _scalar(value)  # the live value wins over the captured argument
 
 
 def _add_trainer(trainer: Any, flat: dict[str, HParam]) -> None:

@@ -15,8 +15,13 @@ and at which step (``step``: training batches since the run began, ``BatchTraine
 keys                              when                                        step
 ================================  ==========================================  ====================================
 :meth:`Logger.step_metrics`       every ``log_every_n_steps``-th training     that batch's ``step``
-(``train/loss_step``)             batch: one host read, never on other steps
+(``train/loss_step``,             batch: one host read, never on other steps
+``train/<name>_step``)
+``validation/<name>_step``,       every ``log_every_n_steps``-th batch of     the count of that phase's batches
+``test/<name>_step``              that phase, when the aggregate logged       in this run (1, 2, ...), as
+                                  ``on_step=True`` values in it               Lightning's evaluation steps
 ``train/<name>``,                 the epoch's end (``Iterated``), one call    ``trainer.progress.step``
+(logged values included)
 ``validation/<name>``, ``epoch``  with every phase that ran (``epoch``:
                                   0-based, as Lightning logs it)
 ``validation/<name>``, ``epoch``  after a validation inside the epoch          ``MidEpochValidated.step``
@@ -54,10 +59,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torchsystem_trainer.callbacks.callback import Callback
 from torchsystem_trainer.callbacks.hyperparameters import HParam, hyperparameters
+from torchsystem_trainer.trainer.logged import read_values
 
 if TYPE_CHECKING:
     from torchsystem_trainer.events import (
+        BatchTested,
         BatchTrained,
+        BatchValidated,
         FitEnded,
         FitStarted,
         Iterated,
@@ -113,6 +121,7 @@ class Logger(Callback, ABC):
         self._pending: dict[str, float] = {}  # the current epoch's phase results, written at its end
         self._pending_epoch = 0
         self._stage_runs: dict[str, int] = {}  # runs of validate/test since the last fit
+        self._phase_batches: dict[str, int] = {}  # validation/test batches of this run, the x-axis of their steps
 
     # -- what a logger implements -----------------------------------------------------------------------
 
@@ -166,7 +175,8 @@ class Logger(Callback, ABC):
             self._guard(lambda: self.log_metrics(metrics, step), "log_metrics")
 
     def step_metrics(self, event: BatchTrained) -> dict[str, float]:
-        """The values written on a logging step: ``{"train/loss_step": loss}``, read from the device once.
+        """The values written on a logging step: ``{"train/loss_step": loss}`` and what the aggregate logged with
+        ``on_step=True`` in that batch (``"train/<name>_step"``), read from the device at once.
 
         Args:
             event: the logging step's ``BatchTrained``.
@@ -174,7 +184,10 @@ class Logger(Callback, ABC):
         Returns:
             ``{key: value}``.
         """
-        return {"train/loss_step": float(event.loss)}
+        logged = _step_values(event.trainer, "train")
+        if not logged:
+            return {"train/loss_step": float(event.loss)}
+        return read_values({"train/loss_step": event.loss, **logged})
 
     # -- hooks ------------------------------------------------------------------------------------------
 
@@ -191,6 +204,14 @@ class Logger(Callback, ABC):
         """Every ``log_every_n_steps``-th step, write :meth:`step_metrics`."""
         if event.step % self.log_every_n_steps == 0 and self._run == "fit":
             self._guard(lambda: self.log_metrics(self.step_metrics(event), event.step), "log_metrics")
+
+    def on_batch_validated(self, event: BatchValidated) -> None:
+        """Every ``log_every_n_steps``-th validation batch, write the aggregate's ``validation/<name>_step`` values."""
+        self._evaluation_step(event, "validation")
+
+    def on_batch_tested(self, event: BatchTested) -> None:
+        """Every ``log_every_n_steps``-th test batch, write the aggregate's ``test/<name>_step`` values."""
+        self._evaluation_step(event, "test")
 
     def on_trained(self, event: Trained) -> None:
         """Keep the training results for the epoch's end."""
@@ -235,8 +256,17 @@ class Logger(Callback, ABC):
 
     # -- helpers ----------------------------------------------------------------------------------------
 
+    def _evaluation_step(self, event: BatchValidated | BatchTested, phase: str) -> None:
+        if self._run is None:
+            return
+        count = self._phase_batches[phase] = self._phase_batches.get(phase, 0) + 1
+        if count % self.log_every_n_steps == 0:
+            logged = _step_values(event.trainer, phase)
+            if logged:
+                self._guard(lambda: self.log_metrics(read_values(logged), count), "log_metrics")
+
     def _begin(self, trainer: Any, aggregate: Any, run: RunKind) -> None:
-        self.failed, self._pending, self._run = None, {}, None
+        self.failed, self._pending, self._run, self._phase_batches = None, {}, None, {}
         if trainer.fast_dev_run:
             return
         first = run == "fit" or not self._has_run
@@ -288,6 +318,12 @@ class Logger(Callback, ABC):
                 LoggerWarning,
                 stacklevel=2,
             )
+
+
+def _step_values(trainer: Any, phase: str) -> dict[str, Any]:
+    """The aggregate's step values of ``phase``'s latest batch (``trainer.loop.step_values``), unread."""
+    loop = getattr(trainer, "loop", None)
+    return {} if loop is None else loop.step_values(phase)  # type: ignore[no-any-return]
 
 
 def best_values(trainer: Any) -> dict[str, float]:

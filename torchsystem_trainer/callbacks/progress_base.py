@@ -9,7 +9,9 @@ have (so a fast loop draws a few times a second, not once per batch), and at its
 phase's results. The training bar also shows ``loss``: the mean of the training losses since its previous
 drawing (Lightning shows a 20-batch running mean), read from the device once per drawing; the losses of the
 batches in between are kept as tensors and never read one by one, so the bar costs no host-device sync per step.
-The batch counter comes from the events' ``batch`` index, a host int.
+The batch counter comes from the events' ``batch`` index, a host int. Values the aggregate logs with
+``prog_bar=True`` are shown too, by name: the latest of each at every drawing, read with the loss (one host read),
+and the phase's reduced value at its end.
 
 A bar is closed at its phase's end, when the next phase starts, and at ``FitEnded`` and ``StageEnded`` (so also
 when a fit, ``validate``, ``test`` or ``predict`` raised or was interrupted). A validation inside the training
@@ -20,11 +22,12 @@ again at the same count.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.trainer.logged import read_values
 
 if TYPE_CHECKING:
     from torchsystem_trainer.events import (
@@ -85,6 +88,7 @@ class ProgressBarBase(Callback):
         self._drawn = 0  # the count at the last drawing
         self._next_draw = 0.0  # time.perf_counter() after which the bar may be drawn again
         self._losses: list[torch.Tensor] = []  # training losses since the last drawing, never read one by one
+        self._loop: Any = None  # the running trainer's loop (its bar_values), when it has one
         self._phase: str | None = None
         self._bar: tuple[str, int | None] = ("", None)  # the open bar's title and total
         self._epoch_bar: tuple[str, int | None, int] | None = None  # to reopen after a mid-epoch validation
@@ -118,6 +122,7 @@ class ProgressBarBase(Callback):
             self._epoch_bar = (*self._bar, self._count)
         self._close(None)
         self._phase = event.phase
+        self._loop = getattr(event.trainer, "loop", None)
         if self.is_enabled:
             self._start(phase_title(event.phase, event.epoch), event.batches, 0)
 
@@ -186,11 +191,13 @@ class ProgressBarBase(Callback):
         now = time.perf_counter()
         if now < self._next_draw:
             return
-        values: dict[str, float] = {}
+        unread: dict[str, Any] = {}
         if self._losses:
             losses, self._losses = self._losses, []
-            values["loss"] = float(torch.stack(losses).float().mean())  # the one host read of this drawing
-        self.draw(count, values)
+            unread["loss"] = torch.stack(losses).float().mean()
+        if self._loop is not None and self._phase is not None:
+            unread.update(self._loop.bar_values(self._phase))  # the aggregate's prog_bar values
+        self.draw(count, read_values(unread) if unread else {})  # the one host read of this drawing
         self._drawn, self._next_draw = count, now + self.mininterval
 
     def _close(self, results: dict[str, float] | None) -> None:

@@ -16,7 +16,8 @@ before anything is written), one section per owner of state, each asked through 
             "should_stop": bool,                                    # the fit had decided to stop
             "train": {"epoch_start": {"rng", "generators"} | None,  # see checkpoint.resume
                       "generators": [uint8 tensor], "rng": RNGState | None, "persistent": bool},
-            "train_results": PhaseResults.state_dict() | None,      # the current epoch's, when batch > 0
+            "train_results": PhaseResults.state_dict() | None,      # the current epoch's, when batch > 0 (with the
+                                                                    # partial reductions of logged values)
             "generators": {phase: [uint8 tensor]},                  # other loaders' torch.Generator states
             "sampler_seeds": {phase: int},                          # DistributedSampler seeds
             "validated_step": int | None}                           # the latest mid-epoch validation's step

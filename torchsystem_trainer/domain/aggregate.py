@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.nn import Module
 
 from torchsystem_trainer.domain.events import Events
+from torchsystem_trainer.domain.logged import LOG_OPTIONS, LoggedValue, LogSink, ReduceFx, check_log, loggable
 
 __all__ = ["Aggregate", "Phase"]
 
@@ -45,6 +46,8 @@ class Aggregate(Module, ABC):
 
     Attributes:
         events: the aggregate's domain event queue.
+        logged: the latest value of each name given to :meth:`log`, ``{name: value}`` (a detached tensor on its
+            device, never read, or a ``float``): what a consumer reads when no Trainer runs the aggregate.
         epoch: optional; every assignment but the first calls :meth:`onepoch`. "The first" means: before it
             ``epoch`` was no attribute at all (not in the instance, not a registered buffer, not a class
             attribute), exactly as upstream's ``hasattr(self, 'epoch')`` test. It may be an ``int`` or a
@@ -68,6 +71,8 @@ class Aggregate(Module, ABC):
         # processes keep it exactly (a sentinel object() would come back as another, "initialized" object)
         self._identity: Any = None
         self._backward: Callable[[Tensor], None] | None = None
+        self._log_sink: LogSink | None = None
+        self.logged: dict[str, LoggedValue] = {}
 
     # -- identity ---------------------------------------------------------------------------------------
 
@@ -170,6 +175,89 @@ class Aggregate(Module, ABC):
             if registered is not None and name in registered:
                 self.__dict__[name] = registered[name]
                 return
+
+    # -- logging ----------------------------------------------------------------------------------------
+
+    def log(
+        self,
+        name: str,
+        value: Tensor | float,
+        *,
+        on_step: bool = False,
+        on_epoch: bool = True,
+        reduce_fx: ReduceFx = "mean",
+        prog_bar: bool = False,
+    ) -> None:
+        """Record a value from inside :meth:`fit`, :meth:`evaluate` or ``predict`` (Lightning's
+        ``LightningModule.log``, with its argument names and meanings).
+
+        In a Trainer's phase the value joins the phase's results as ``"<phase>/<name>"`` (``train/<name>``,
+        ``validation/<name>``, ``test/<name>``): reduced over the phase on the device and across processes, so
+        ``EarlyStopping``, ``ModelCheckpoint``, ``History``, the loggers and the run store see it as any result.
+        Unlike Lightning, the defaults do not depend on the phase: ``on_step=False, on_epoch=True`` everywhere
+        (Lightning's ``training_step`` defaults to ``on_step=True, on_epoch=False``). ``Trainer.predict`` has no
+        results: there (and outside a Trainer) only :attr:`logged` keeps the value. Nothing is read from the
+        device here, nor per step by the Trainer.
+
+        Args:
+            name: the key, unique in the phase: not ``"loss"``/``"loss_step"`` (the Trainer's own loss) nor the name
+                of a configured metric (the Trainer raises ``ValueError`` at the first such call of a phase).
+            value: a tensor of one element (any device, dtype and shape with ``numel() == 1``; detached here) or a
+                real number.
+            on_step: also give each step's value, as ``"<phase>/<name>_step"``, which loggers write every
+                ``log_every_n_steps`` steps (``Trainer.loop.step_values(phase)`` holds the latest batch's).
+            on_epoch: reduce the phase's values into its results as ``"<phase>/<name>"``.
+            reduce_fx: ``"mean"`` (weighted by the batch sizes, as Lightning's), ``"sum"``, ``"max"`` or ``"min"``.
+            prog_bar: show the latest value on the progress bar.
+
+        Raises:
+            TypeError: for a name that is not a ``str``, a non-``bool`` flag, or a value that is neither a tensor nor
+                a real number (a torchmetrics ``Metric``: give it to ``Trainer(metrics=...)``).
+            ValueError: for an empty name, an unknown ``reduce_fx``, ``on_step=on_epoch=False``, a tensor of more
+                than one element; in a Trainer's phase also for a reserved name or a name logged earlier in the
+                phase with other options.
+        """
+        options = (on_step, on_epoch, reduce_fx, prog_bar)
+        try:
+            valid = options in LOG_OPTIONS and type(name) is str and name != ""
+        except TypeError:  # an unhashable option
+            valid = False
+        # the common case checked here, in line (this runs per step): a valid call with a one-element real tensor
+        if valid and type(value) is Tensor and value.numel() == 1 and not value.is_complex():
+            if value.requires_grad:
+                value = value.detach()
+        else:
+            owner = f"{type(self).__name__}.log"
+            if not valid:
+                check_log(owner, name, options)
+            value = loggable(owner, name, value)
+        self.logged[name] = value
+        sink = self._log_sink
+        if sink is not None:
+            sink(name, value, options)  # type: ignore[arg-type]
+
+    def bind_log(self, sink: LogSink | None) -> LogSink | None:
+        """Send what :meth:`log` records to ``sink(name, value, options)`` as well (the Trainer binds one per
+        phase); ``None`` unbinds it. A bound sink is neither pickled nor deep-copied with the aggregate.
+
+        Returns:
+            The sink bound until now (``None``: none), so that a caller can bind it again afterwards.
+        """
+        previous, self._log_sink = self._log_sink, sink
+        return previous
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The instance's state for ``pickle`` and ``copy.deepcopy``, without a bound log sink (it belongs to the
+        run that bound it, in this process)."""
+        state = dict(self.__dict__)
+        state["_log_sink"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled aggregate; one pickled before :meth:`log` existed gets its attributes."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("_log_sink", None)
+        self.__dict__.setdefault("logged", {})
 
     # -- learner step -----------------------------------------------------------------------------------
 

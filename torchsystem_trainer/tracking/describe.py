@@ -9,6 +9,9 @@ Three readers, each small and side-effect free:
   hyper-parameters (``lr``, ``betas``...) as they are now.
 - :func:`describe_loader`: a loader's dataset class, length, batch size, shuffling and the dataset's registry
   identity.
+
+The walk over what an aggregate holds, its identity and an optimizer's settings are the loggers' own
+(:mod:`torchsystem_trainer.callbacks.hyperparameters`), so the store and the loggers describe a run alike.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.data import DataLoader, RandomSampler
 
+from torchsystem_trainer.callbacks.hyperparameters import identity as aggregate_identity
+from torchsystem_trainer.callbacks.hyperparameters import optimizer_settings, parts
 from torchsystem_trainer.registry import UnregisteredError, getarguments, gethash, getname
 
 __all__ = ["ModelIdentityError", "describe_loader", "describe_model", "describe_modules", "plain"]
@@ -56,22 +61,8 @@ def _identity(obj: Any) -> tuple[str, str, dict[str, Any]] | None:
 
 def _parts(aggregate: Any) -> Iterator[tuple[str, Any]]:
     """``(attribute, object)`` for the aggregate's submodules and public attributes, list/tuple/dict items named
-    ``"<attribute>.<index or key>"``."""
-    seen: set[int] = set()
-    children = dict(aggregate.named_children()) if isinstance(aggregate, nn.Module) else {}
-    public = {name: value for name, value in vars(aggregate).items() if not name.startswith("_")}
-    for name, value in {**children, **public}.items():
-        items = (
-            [(f"{name}.{index}", item) for index, item in enumerate(value)]
-            if isinstance(value, (list, tuple))
-            else [(f"{name}.{key}", item) for key, item in value.items()]
-            if isinstance(value, dict)
-            else [(name, value)]
-        )
-        for attribute, item in items:
-            if id(item) not in seen and not isinstance(item, _SCALARS):
-                seen.add(id(item))
-                yield attribute, item
+    ``"<attribute>.<index or key>"``: the walk the loggers' hyper-parameters make."""
+    return parts(aggregate, separator=".")
 
 
 def describe_model(aggregate: Any) -> dict[str, Any]:
@@ -90,10 +81,7 @@ def describe_model(aggregate: Any) -> dict[str, Any]:
         ModelIdentityError: when the aggregate has neither an ``id`` nor a registered class; the message says how to
             give it one.
     """
-    try:
-        identity = aggregate.id
-    except Exception:  # an Aggregate whose id was never initialized raises ValueError; others AttributeError
-        identity = None
+    identity = aggregate_identity(aggregate)  # None for an Aggregate whose id was never initialized
     if identity is None:
         own = _identity(aggregate)
         if own is None:
@@ -161,7 +149,7 @@ def describe_modules(aggregate: Any, model_hash: str) -> list[dict[str, Any]]:
             continue
         groups = None
         if isinstance(part, Optimizer):
-            groups = [{k: plain(v) for k, v in group.items() if k != "params"} for group in part.param_groups]
+            groups = [{k: plain(v) for k, v in group.items()} for group in optimizer_settings(part)]
         described.append(
             {
                 "attribute": attribute,

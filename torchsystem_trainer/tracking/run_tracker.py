@@ -19,9 +19,15 @@ event                    written
 batch events             at most every ``heartbeat_interval`` seconds, the heartbeat (and the run's step)
 =======================  ==================================================================================
 
-Nothing is written per step except that heartbeat. A fit resumed from a checkpoint (``ckpt_path=...``) continues
-the run the checkpoint was written by (the run's id is this callback's ``state_dict``); any other fit is a new run,
-of the same model when the aggregate's identity is the same, starting at the aggregate's ``epoch``.
+Nothing is written per step except that heartbeat. When the aggregate logs values with ``on_step=True``
+(``Aggregate.log``), those of every ``log_every_n_steps``-th batch are kept (as tensors, unread) and written with
+the phase's results, in its transaction, read from the device at once (or in a transaction of their own every
+200 rows): metrics named ``"<name>_step"`` at that batch's ``step`` (training), or at the count of the phase's
+batches in the run (validation, test), as the loggers write them.
+
+A fit resumed from a checkpoint (``ckpt_path=...``) continues the run the checkpoint was written by (the run's id is
+this callback's ``state_dict``); any other fit is a new run, of the same model when the aggregate's identity is the
+same, starting at the aggregate's ``epoch``.
 ``Trainer.validate``/``test`` after a fit add their results to that fit's run; without one they are runs of
 their own (``stage`` ``"validate"``/``"test"``). Under ``fast_dev_run`` nothing is written.
 
@@ -48,6 +54,7 @@ from typing_extensions import override
 
 from torchsystem_trainer.callbacks.callback import Callback
 from torchsystem_trainer.events import (
+    BatchTested,
     BatchTrained,
     BatchValidated,
     EpochStarted,
@@ -65,8 +72,11 @@ from torchsystem_trainer.tracking import units
 from torchsystem_trainer.tracking.describe import describe_loader, describe_model, describe_modules
 from torchsystem_trainer.tracking.engine import default_url, library_version, now_ms, open_engine, redact
 from torchsystem_trainer.tracking.writer import Writer
+from torchsystem_trainer.trainer.logged import read_values
 
 __all__ = ["RunTracker"]
+
+_STEP_ROWS = 200  # step values kept before they are written in a transaction of their own
 
 _STATUS = {"completed": "completed", "max_steps": "completed", "max_time": "completed", "stopped": "stopped",
            "interrupted": "interrupted", "exception": "failed"}
@@ -82,13 +92,15 @@ class RunTracker(Callback):
         heartbeat_interval: seconds between heartbeats at most (> 0); written from batch events.
         retry_timeout: seconds to retry a locked or unreachable store before keeping rows in memory (>= 0).
         stale_after: seconds without a heartbeat after which another ``running`` run counts as ``crashed`` (> 0).
+        log_every_n_steps: keep the aggregate's step values of every this many batches (an int >= 1).
 
     Attributes:
         run_id: the current (or last) run's id, ``None`` before the first.
         url: the store's URL (password hidden), once known.
 
     Raises:
-        ValueError: for an empty ``experiment`` or a non-positive interval, naming the argument.
+        ValueError: for an empty ``experiment``, a non-positive interval or ``log_every_n_steps`` < 1, naming the
+            argument.
         StoreError: when ``url`` is given and the store cannot be opened (the message names the URL, password
             hidden, and the cause); ``SchemaVersionError`` when a newer library wrote it.
     """
@@ -103,8 +115,12 @@ class RunTracker(Callback):
         heartbeat_interval: float = 5.0,
         retry_timeout: float = 10.0,
         stale_after: float = 60.0,
+        log_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
+        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
+            raise ValueError(f"RunTracker: log_every_n_steps={log_every_n_steps!r} is invalid; valid: an int >= 1")
+        self.log_every_n_steps = log_every_n_steps
         if not isinstance(experiment, str) or not experiment:
             raise ValueError(f"RunTracker: experiment={experiment!r} is invalid; valid: a non-empty str")
         for name, value, low in (("heartbeat_interval", heartbeat_interval, 0.0), ("stale_after", stale_after, 0.0)):
@@ -129,6 +145,8 @@ class RunTracker(Callback):
         self._seen: dict[str, tuple[int, int]] = {}
         self._files: list[dict[str, Any]] = []
         self._checkpoint_dir: str | None = None
+        self._steps: list[tuple[str, int, int, dict[str, Any]]] = []  # (phase, epoch, step, unread values)
+        self._phase_batches: dict[str, int] = {}
         if url is not None:
             self._open(url)
 
@@ -186,6 +204,7 @@ class RunTracker(Callback):
         resume = self._loaded_run_id is not None and trainer.progress.step > 0
         self.run_id = self._loaded_run_id if resume else uuid.uuid4().hex
         self._loaded_run_id, self._failed, self._stage_run = None, False, False
+        self._steps, self._phase_batches = [], {}
         self._submit("start of the run", units.start_run(
             self._run_columns(trainer, aggregate, "fit"), model, describe_modules(aggregate, model["hash"]),
             resume, now_ms(), self.stale_after,
@@ -201,14 +220,38 @@ class RunTracker(Callback):
             self._observe_checkpoints(event.trainer, event.aggregate)
 
     def on_batch_trained(self, event: BatchTrained) -> None:
-        """The heartbeat, at most every ``heartbeat_interval`` seconds."""
-        if self._active and time.monotonic() >= self._next_beat:
+        """Keep the step values of every ``log_every_n_steps``-th batch; the heartbeat, at most every
+        ``heartbeat_interval`` seconds."""
+        if not self._active:
+            return
+        if event.step % self.log_every_n_steps == 0:
+            self._keep_steps(event.trainer, "train", event.epoch, event.step)
+        if time.monotonic() >= self._next_beat:
             self._beat(event.trainer)
 
     def on_batch_validated(self, event: BatchValidated) -> None:
-        """The heartbeat during long validations."""
-        if self._active and time.monotonic() >= self._next_beat:
+        """Keep step values, as for training; the heartbeat during long validations."""
+        self._evaluation_batch(event, "validation")
+
+    def on_batch_tested(self, event: BatchTested) -> None:
+        """Keep step values, as for training; the heartbeat during long tests."""
+        self._evaluation_batch(event, "test")
+
+    def _evaluation_batch(self, event: BatchValidated | BatchTested, phase: str) -> None:
+        if not self._active:
+            return
+        count = self._phase_batches[phase] = self._phase_batches.get(phase, 0) + 1
+        if count % self.log_every_n_steps == 0:
+            self._keep_steps(event.trainer, phase, event.epoch, count)
+        if time.monotonic() >= self._next_beat:
             self._beat(event.trainer)
+
+    def _keep_steps(self, trainer: Any, phase: str, epoch: int, step: int) -> None:
+        values = trainer.loop.step_values(phase)
+        if values:
+            self._steps.append((phase, epoch, step, values))
+            if len(self._steps) * len(values) >= _STEP_ROWS and self.run_id is not None:
+                self._submit("step values", units.write_steps(self.run_id, self._take_steps()))
 
     def on_trained(self, event: Trained) -> None:
         """Write the training phase's results and iteration."""
@@ -258,6 +301,7 @@ class RunTracker(Callback):
         if event.stage == "predict" or trainer.fast_dev_run:
             return
         self._active, self._failed = True, False
+        self._steps, self._phase_batches = [], {}
         if self.run_id is not None and self._writer is not None:
             return
         self._open(self._url or default_url(trainer.default_root_dir))
@@ -291,8 +335,19 @@ class RunTracker(Callback):
         loader = trainer.loop.loaders.get(phase)  # the fit's loaders as the strategy adapted them ({} outside)
         self._submit(f"{phase} results of epoch {epoch}", units.write_phase(
             self.run_id, phase, epoch, trainer.progress.step, dict(event.results),
-            None if loader is None else describe_loader(loader), now_ms(),
+            None if loader is None else describe_loader(loader), now_ms(), self._take_steps(),
         ))
+
+    def _take_steps(self) -> list[dict[str, Any]]:
+        """The kept step values as rows, read from the device at once."""
+        kept, self._steps = self._steps, []
+        flat = {(index, key): value for index, (_, _, _, values) in enumerate(kept) for key, value in values.items()}
+        read = read_values(flat)
+        return [
+            {"phase": phase, "epoch": epoch, "step": step, "name": key.split("/", 1)[1], "value": read[(index, key)]}
+            for index, (phase, epoch, step, values) in enumerate(kept)
+            for key in values
+        ]
 
     def _beat(self, trainer: Any) -> None:
         if self.run_id is not None:

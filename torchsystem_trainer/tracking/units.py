@@ -29,6 +29,7 @@ __all__ = [
     "start_run",
     "write_epoch",
     "write_phase",
+    "write_steps",
 ]
 
 Unit = Callable[[Connection], None]
@@ -150,25 +151,56 @@ def _value(value: float) -> float | None:
 
 
 def write_phase(run_id: str, phase: str, epoch: int, step: int, results: Mapping[str, float],
-                loader: dict[str, Any] | None, now: int) -> Unit:
-    """A phase's end: its results as metrics and its iteration (with the loader's identity), replacing any rows
-    of the same run, phase, epoch (and step) a resumed run wrote before."""
+                loader: dict[str, Any] | None, now: int, steps: Iterable[dict[str, Any]] = ()) -> Unit:
+    """A phase's end: its results as metrics, its iteration (with the loader's identity), and the phase's step
+    values not written yet (see :func:`write_steps`), replacing any rows of the same run, phase, epoch, step and
+    names a resumed run wrote before."""
     rows = [{"run_id": run_id, "phase": phase, "epoch": epoch, "step": step, "name": str(name),
              "value": _value(float(value))} for name, value in results.items()]
     iteration = {"run_id": run_id, "epoch": epoch, "phase": phase, "step": step, "created_at": now,
                  **(loader or {})}
+    write_rows = write_steps(run_id, steps)
 
     def unit(connection: Connection) -> None:
-        connection.execute(delete(metrics).where(
-            metrics.c.run_id == run_id, metrics.c.phase == phase, metrics.c.epoch == epoch, metrics.c.step == step
-        ))
         if rows:
+            connection.execute(delete(metrics).where(
+                metrics.c.run_id == run_id, metrics.c.phase == phase, metrics.c.epoch == epoch,
+                metrics.c.step == step, metrics.c.name.in_([row["name"] for row in rows]),
+            ))
             connection.execute(insert(metrics), rows)
+        write_rows(connection)
         connection.execute(delete(iterations).where(
             iterations.c.run_id == run_id, iterations.c.epoch == epoch, iterations.c.phase == phase
         ))
         connection.execute(insert(iterations).values(**iteration))
         connection.execute(update(runs).where(runs.c.id == run_id).values(heartbeat_at=now, step=step))
+
+    return unit
+
+
+def write_steps(run_id: str, steps: Iterable[dict[str, Any]]) -> Unit:
+    """Step values the aggregate logged (``{"phase", "epoch", "step", "name", "value"}`` each, ``name`` as
+    ``"<name>_step"``), replacing rows of the same keys (a resumed run writes again the steps after its checkpoint).
+    """
+    rows: list[dict[str, Any]] = [
+        {"run_id": run_id, "phase": str(row["phase"]), "epoch": int(row["epoch"]), "step": int(row["step"]),
+         "name": str(row["name"]), "value": _value(float(row["value"]))}
+        for row in steps
+    ]
+    groups: dict[tuple[str, int], tuple[set[int], set[str]]] = {}
+    for row in rows:
+        found = groups.setdefault((row["phase"], row["epoch"]), (set(), set()))
+        found[0].add(row["step"])
+        found[1].add(row["name"])
+
+    def unit(connection: Connection) -> None:
+        for (phase, epoch), (step_numbers, names) in groups.items():
+            connection.execute(delete(metrics).where(
+                metrics.c.run_id == run_id, metrics.c.phase == phase, metrics.c.epoch == epoch,
+                metrics.c.step.in_(sorted(step_numbers)), metrics.c.name.in_(sorted(names)),
+            ))
+        if rows:
+            connection.execute(insert(metrics), rows)
 
     return unit
 

@@ -37,7 +37,6 @@ LIGHTNING_ONLY: dict[str, str] = {
     "logger": "callbacks=[TensorBoardLogger(...), CSVLogger(...)]: loggers are callbacks here",
     "log_every_n_steps": "the logger's own setting, e.g. TensorBoardLogger(log_every_n_steps=...) in callbacks",
     "enable_checkpointing": "nothing: checkpoints are written only by a ModelCheckpoint in callbacks=[...]",
-    "profiler": "not available yet: torch.profiler.profile() around fit",
     "benchmark": "set torch.backends.cudnn.benchmark = True before fit",
     "detect_anomaly": "call fit inside `with torch.autograd.detect_anomaly():`",
     "sync_batchnorm": "torch.nn.SyncBatchNorm.convert_sync_batchnorm(network) before fit",

@@ -53,11 +53,26 @@ class EventBus(Producer):
         consumers: the callbacks and consumers, in dispatch order.
         subscriptions: for each consumer, its ``subscriptions()`` (computed, and checked, when the Trainer was
             built).
+        wrap: ``wrap(handler, "<Callback>.<hook>")`` returns what the table holds instead of each handler (a
+            profiler's timer); ``None``, the default, keeps the handlers themselves.
     """
 
-    def __init__(self, consumers: Sequence[Consumer], subscriptions: Sequence[dict[str, list[Handler]]]) -> None:
+    def __init__(
+        self,
+        consumers: Sequence[Consumer],
+        subscriptions: Sequence[dict[str, list[Handler]]],
+        wrap: Callable[[Handler, str], Handler] | None = None,
+    ) -> None:
         super().__init__()
         self.register(*consumers)
+        if wrap is not None:
+            subscriptions = [
+                {
+                    event: [wrap(handler, f"{type(consumer).__name__}.{_name(handler)}") for handler in handlers]
+                    for event, handlers in table.items()
+                }
+                for consumer, table in zip(consumers, subscriptions, strict=True)
+            ]
         self._table: dict[type, tuple[Handler, ...]] = {
             kind: tuple(h for table in subscriptions for h in table.get(kind.__name__, ())) for kind in EVENTS
         }
@@ -94,6 +109,10 @@ class EventBus(Producer):
             message = kind(*fields)
             for handler in handlers:
                 handler(message)
+
+
+def _name(handler: Handler) -> str:
+    return str(getattr(handler, "__name__", None) or type(handler).__name__)
 
 
 def _deliver_to_all(kind: type, handlers: tuple[Handler, ...]) -> Handler:

@@ -11,7 +11,9 @@ What it holds:
 * ``progress``: the counters (:class:`~.progress.Progress`);
 * ``position``: where the training loader stands within its epoch
   (:class:`~torchsystem_trainer.checkpoint.TrainPosition`);
-* the running results of every phase (:meth:`LoopState.results`), the training phase's saved mid-epoch;
+* the running results of every phase (:meth:`LoopState.results`), the training phase's saved mid-epoch, with the
+  partial reductions of what the aggregate logged (:meth:`LoopState.step_values` and :meth:`LoopState.bar_values`
+  give its latest values);
 * the stop flags: ``should_stop``, ``stop_signalled`` (set by ``SIGTERM``/``SIGINT``), ``interrupted``,
   ``received_signal``, ``stop_deferred`` (a stop deferred by ``min_epochs``/``min_steps``);
 * ``validated_step``: the ``progress.step`` of the fit's latest mid-epoch validation (``val_check_interval``);
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from torchsystem_trainer.checkpoint import TrainPosition, generator_states, load_generator_states
+from torchsystem_trainer.domain.logged import LoggedValue
 from torchsystem_trainer.events import EndReason
 from torchsystem_trainer.trainer.progress import Progress
 from torchsystem_trainer.trainer.results import PhaseResults
@@ -124,8 +127,21 @@ class LoopState:
         results = self._results.get(phase)
         if results is None:
             metrics = None if self._metrics is None else self._metrics.clone().to(self._device)
-            results = self._results[phase] = PhaseResults(metrics, self._device)
+            results = self._results[phase] = PhaseResults(metrics, self._device, phase)
         return results
+
+    def step_values(self, phase: str) -> dict[str, LoggedValue]:
+        """What the aggregate logged with ``on_step=True`` in ``phase``'s latest batch, ``{"<phase>/<name>_step":
+        value}``: tensors on their device, unread (read them with ``trainer.logged.read_values``, once per use);
+        ``{}`` when it logged none. Loggers write these every ``log_every_n_steps`` steps."""
+        results = self._results.get(phase)
+        return {} if results is None else results.logged.step_values()
+
+    def bar_values(self, phase: str) -> dict[str, LoggedValue]:
+        """The latest value of each name the aggregate logged with ``prog_bar=True`` in ``phase``, ``{name:
+        value}`` (unread, as :meth:`step_values`); what progress bars show."""
+        results = self._results.get(phase)
+        return {} if results is None else results.logged.bar_values()
 
     def on_signal(self, signal_number: int) -> None:
         """``SIGTERM``/``SIGINT`` arrived: stop after the current training step, ``"interrupted"``."""
@@ -229,7 +245,8 @@ class LoopState:
                 stacklevel=3,
             )
             return None
-        results = PhaseResults(None if self._metrics is None else self._metrics.clone().to(self._device), self._device)
+        metrics = None if self._metrics is None else self._metrics.clone().to(self._device)
+        results = PhaseResults(metrics, self._device, "train")
         try:
             results.load_state_dict(saved)
         except ValueError as error:  # the metrics changed: keep the loss, start the metrics at the resume point

@@ -31,9 +31,10 @@ from torchsystem_trainer.events import (
     Tested,
     Validated,
 )
-from torchsystem_trainer.strategies import Strategy
+from torchsystem_trainer.strategies import ReduceOp, Strategy
 from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.loaders import batch_size, call_step, limit_of, targets_reader
+from torchsystem_trainer.trainer.logged import bind_log
 from torchsystem_trainer.trainer.loop_state import LoopState
 from torchsystem_trainer.trainer.results import PhaseResults
 from torchsystem_trainer.trainer.stopping import Minimum, stop_reason
@@ -60,16 +61,24 @@ class Run:
         strategy: the run's strategy (set up).
         bus: the run's event bus.
         loop: the loop's state, which the phases advance.
+        profiler: the run's profiler (``torchsystem_trainer.profilers``), or ``None``: then a phase runs exactly
+            the code it runs without one.
     """
 
     source: Any
     strategy: Strategy
     bus: EventBus
     loop: LoopState
+    profiler: Any = None
 
-    def reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum ``tensor`` over the processes (the identity with one)."""
-        return self.strategy.all_reduce(tensor, "sum") if self.strategy.world_size > 1 else tensor
+    def reduce(self, tensor: torch.Tensor, op: ReduceOp = "sum") -> torch.Tensor:
+        """Reduce ``tensor`` over the processes with ``op`` (the identity with one)."""
+        return self.strategy.all_reduce(tensor, op) if self.strategy.world_size > 1 else tensor
+
+    @property
+    def reducer(self) -> Callable[..., torch.Tensor] | None:
+        """:meth:`reduce` under several processes, ``None`` with one (what ``PhaseResults.compute`` takes)."""
+        return self.reduce if self.strategy.world_size > 1 else None
 
 
 _EVALUATION_EVENTS = {"validation": (BatchValidated, Validated), "test": (BatchTested, Tested)}
@@ -135,6 +144,7 @@ def train_phase(
     results = loop.results("train")
     if progress.batch == 0:
         results.reset()
+    bind_log(aggregate, results.logged)  # Aggregate.log goes to this phase's results until its end
     fit, owner = aggregate.fit, f"{type(aggregate).__name__}.fit"  # type: ignore[union-attr]
     to_device = strategy.batch_to_device
     context = strategy.train_step_context if strategy.needs_step_context() else None
@@ -154,6 +164,9 @@ def train_phase(
         iterator = loop.position.open(loader, progress.batch)  # once per phase; skips consumed batches on resume
     else:
         iterator = _opened_unread(loop, loader)  # that validation stopped the fit: no batch is loaded
+    profiled = run.profiler.phase("train") if run.profiler is not None else None
+    if run.profiler is not None:
+        fit, to_device, iterator = run.profiler.instrument("train", fit, owner, to_device, iterator)
     for index, batch in enumerate(iterator, start=progress.batch):
         if limit is not None and index >= limit:
             index -= 1
@@ -202,6 +215,9 @@ def train_phase(
         else:
             continue
         break
+    bind_log(aggregate, None)
+    if profiled is not None:
+        profiled()
     if steps.finish_window(aggregate):  # the loader ended inside an accumulation window of unknown length
         progress.global_step += 1
     if progress.batch == 0 and limit != 0:  # not one batch in a whole epoch: an empty iterable (no len to check)
@@ -211,7 +227,7 @@ def train_phase(
     if reason == "interrupted":
         return {}, reason, True  # no results yet: folding the losses now would change the resumed sums
     cut_short = reason is not None and (total is None or index + 1 < total)
-    return results.compute(run.reduce), reason, cut_short
+    return results.compute(run.reducer), reason, cut_short
 
 
 def _validate_pending(
@@ -317,11 +333,15 @@ def evaluate_batches(
     aggregate.phase = "evaluation"
     epoch = progress.epoch
     results.reset()
+    previous = bind_log(aggregate, results.logged)
     evaluate, owner = aggregate.evaluate, f"{type(aggregate).__name__}.evaluate"  # type: ignore[union-attr]
     to_device = strategy.batch_to_device
     listeners = run.bus.handlers(batch_event) if batch_event is not None else ()
     wants_targets = results.metrics is not None or bool(listeners)
     read_targets = targets_reader(aggregate, results.metrics is not None, phase)
+    profiled = run.profiler.phase(phase) if run.profiler is not None else None
+    if run.profiler is not None:
+        evaluate, to_device, loader = run.profiler.instrument(phase, evaluate, owner, to_device, loader)
     with grad_mode(), strategy.evaluation_context():
         for index, batch in enumerate(loader):
             if limit is not None and index >= limit:
@@ -334,7 +354,10 @@ def evaluate_batches(
                 event = batch_event(source, aggregate, epoch, index, progress.step, predictions, loss, targets)  # type: ignore[misc]
                 for handler in listeners:
                     handler(event)
-    return results.compute(run.reduce)
+    bind_log(aggregate, previous)  # the training phase's, after a mid-epoch validation
+    if profiled is not None:
+        profiled()
+    return results.compute(run.reducer)
 
 
 def validate_mid_epoch(run: Run, aggregate: Any, validation: MidEpochValidation) -> dict[str, float]:

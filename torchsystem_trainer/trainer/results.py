@@ -1,6 +1,8 @@
-"""What a phase accumulates over its batches: the sample-weighted loss and the metrics.
+"""What a phase accumulates over its batches: the sample-weighted loss, the metrics and the aggregate's logged
+values (:mod:`.logged`).
 
-Both stay on the device for the whole phase; the host reads them once, when the phase ends.
+All stay on the device for the whole phase; the host reads them once, when the phase ends (under several
+processes, once more when the aggregate logged values: after checking that every process logged the same names).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from torchsystem_trainer.trainer.logged import LoggedValues
 
 if TYPE_CHECKING:  # torchmetrics imports scipy and PIL (over a second); loaded only when metrics are given
     from torchmetrics import Metric, MetricCollection
@@ -59,9 +63,15 @@ class PhaseResults:
     Args:
         metrics: this phase's metrics (already on the device), or ``None``.
         device: where the phase's tensors live (for a process that saw no batch but joins the reduction).
+        phase: the phase's name (``"train"``, ``"validation"``, ``"test"``), for the keys of logged values.
+
+    Attributes:
+        logged: the sink of the aggregate's ``log`` calls in this phase (:class:`~.logged.LoggedValues`).
     """
 
-    def __init__(self, metrics: MetricCollection | None, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, metrics: MetricCollection | None, device: torch.device | str = "cpu", phase: str = "train"
+    ) -> None:
         self.metrics = metrics
         self._update_metrics = None if metrics is None else _updater(metrics)
         self.device = torch.device(device)
@@ -69,6 +79,18 @@ class PhaseResults:
         self.sizes: list[int] = []
         self.total: Tensor | None = None  # [] float32, the folded sum of loss * batch size
         self.count = 0  # samples seen
+        names = () if metrics is None else [str(name) for name in metrics.keys(keep_base=False)]
+        self.logged = LoggedValues(phase, self.device, names, self._log_started)
+
+    def _log_started(self) -> None:
+        """The phase's first ``Aggregate.log`` call: from now on :meth:`update` also ends the batch's logged values.
+        An instance attribute shadows the method, so the phase loop, which looks ``results.update`` up per batch,
+        calls the logging variant from this batch on, and a phase whose aggregate never logs pays nothing."""
+        self.update = self._update_and_log  # type: ignore[method-assign]
+
+    def _update_and_log(self, loss: Tensor, size: int, predictions: Any, targets: Any) -> None:
+        PhaseResults.update(self, loss, size, predictions, targets)
+        self.logged.end_batch(size)
 
     def update(self, loss: Tensor, size: int, predictions: Any, targets: Any) -> None:
         """Record one batch: ``loss`` ``[]`` (its mean over the batch, without a graph: detached, or made
@@ -107,26 +129,43 @@ class PhaseResults:
         return self.total
 
     def compute(self, reduce: Any = None) -> dict[str, float]:
-        """The phase's results: ``"loss"`` (sample-weighted mean) and every metric, as floats.
+        """The phase's results: ``"loss"`` (sample-weighted mean), every metric, then every value the aggregate
+        logged with ``on_epoch=True`` (by name), as floats.
 
         Args:
-            reduce: ``(tensor) -> tensor`` summing across processes (the strategy's ``all_reduce``), or ``None``.
+            reduce: ``(tensor, op="sum") -> tensor`` reducing across processes (the strategy's ``all_reduce``), or
+                ``None`` for one process.
 
         Returns:
-            ``{"loss": float, <metric>: float, ...}``; empty when the phase saw no batch.
+            ``{"loss": float, <metric>: float, ..., <logged name>: float, ...}``; empty when the phase saw no batch.
 
         Raises:
             ValueError: when a metric computes a tensor with more than one element.
+            RuntimeError: under several processes, when they did not all log the same names with the same
+                ``reduce_fx`` in the phase (raised on every process).
         """
         total = self.loss_sum()
         if total is None and reduce is not None:  # no batch here, but the other processes count on this one
             total = torch.zeros((), device=self.device)
         results: dict[str, float] = {}
+        logged: dict[str, float] = {}
         if total is not None:
             pair = torch.stack([total, torch.tensor(float(self.count), dtype=total.dtype, device=total.device)])
+            series = self.logged.epoch_series() if self.logged.series else []
             if reduce is not None:
-                pair = reduce(pair)
-            loss_sum, count = pair.tolist()
+                head = reduce(torch.cat([pair, self.logged.layout(series, pair.dtype)])).tolist()
+                loss_sum, count = head[:2]
+                _check_layout(head[2:])
+                logged = self._reduce_logged(series, reduce) if series else {}
+            elif series:  # one read for the loss and the logged values
+                sums, maxima = self.logged.parts(series)
+                pieces = [part for part in (pair, sums, maxima) if part is not None]
+                values = torch.cat(pieces).tolist()
+                loss_sum, count = values[:2]
+                split = 2 + (0 if sums is None else sums.numel())
+                logged = self.logged.decode(series, values[2:split], values[split:])
+            else:
+                loss_sum, count = pair.tolist()
             if not count:  # no process saw a sample: no results (torchmetrics would compute a default 0.0)
                 return results
             results["loss"] = loss_sum / count
@@ -139,7 +178,18 @@ class PhaseResults:
                         "(for per-class metrics choose an average, e.g. average='macro')"
                     )
                 results[name] = float(tensor)
+        if total is not None:  # in the order the names were first logged
+            results.update({name: logged[name] for name in self.logged.series if name in logged})
         return results
+
+    def _reduce_logged(self, series: list[Any], reduce: Any) -> dict[str, float]:
+        """The logged values reduced across processes (which agree on the layout): a ``sum`` collective, a ``max``
+        one (``min`` as the max of negated values), then one read."""
+        sums, maxima = self.logged.parts(series)
+        reduced = [reduce(sums) if sums is not None else None, reduce(maxima, "max") if maxima is not None else None]
+        values = torch.cat([part.to(self.device) for part in reduced if part is not None]).tolist()
+        split = 0 if sums is None else sums.numel()
+        return self.logged.decode(series, values[:split], values[split:])
 
     def state_dict(self) -> dict[str, Any]:
         """What the phase has accumulated so far, exactly: the batch losses not yet folded (stacked, unchanged),
@@ -157,6 +207,7 @@ class PhaseResults:
             "total": self.total,
             "count": self.count,
             "metrics": None if self.metrics is None else metric_states(self.metrics),
+            "logged": self.logged.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
@@ -184,6 +235,9 @@ class PhaseResults:
                 "the checkpoint's phase has metrics and this one has none, or the other way round (the Trainer's "
                 "metrics changed)"
             )
+        self.logged.device = device
+        logged = state.get("logged")  # absent from a checkpoint written before Aggregate.log existed
+        self.logged.load_state_dict(logged if logged is not None else {"series": []})
         losses = state["losses"]
         self.losses = [] if losses is None else list(losses.to(device).unbind(0))
         self.sizes = [int(size) for size in state["sizes"]]
@@ -200,13 +254,28 @@ class PhaseResults:
         return self.device  # a fresh phase's (a resumed run's on a GPU: the saved losses go there, not to the CPU)
 
     def reset(self) -> None:
-        """Forget everything, for the next epoch."""
+        """Forget everything, for the next epoch (the next ``log`` call switches the logged values on again)."""
         self.losses.clear()
         self.sizes.clear()
         self.total = None
         self.count = 0
         if self.metrics is not None:
             self.metrics.reset()
+        self.logged.reset()
+        self.__dict__.pop("update", None)
+
+
+def _check_layout(layout: list[float]) -> None:
+    """Raise on every process when the processes did not log the same names (see ``LoggedValues.layout``)."""
+    processes, *sums = layout
+    for index in range(0, len(sums), 2):
+        total, squares = sums[index], sums[index + 1]
+        if total * total != processes * squares:
+            raise RuntimeError(
+                "Aggregate.log: the processes did not log the same names (with on_epoch=True and the same "
+                "reduce_fx) in this phase; under a data-parallel strategy every process must log every name it "
+                "reduces, so that one collective combines them"
+            )
 
 
 def _updater(collection: MetricCollection) -> Any:

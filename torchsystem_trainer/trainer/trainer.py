@@ -43,12 +43,14 @@ from torchsystem_trainer.events import (
     StageEndReason,
     StageStarted,
 )
+from torchsystem_trainer.profilers import SimpleProfiler, resolve_profiler
 from torchsystem_trainer.services import Consumer
 from torchsystem_trainer.strategies import CLIP_ALGORITHMS, Strategy, resolve_strategy
 from torchsystem_trainer.trainer import arguments as check
 from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.fit_loop import FitLimits, fit_order, loader_length, run_epochs, warn_empty
 from torchsystem_trainer.trainer.loaders import normalize_loaders
+from torchsystem_trainer.trainer.logged import bind_log
 from torchsystem_trainer.trainer.loop_state import LoopState
 from torchsystem_trainer.trainer.phases import Run, evaluate_phase, predict_phase
 from torchsystem_trainer.trainer.progress import Progress
@@ -118,6 +120,12 @@ class Trainer:
         deterministic: use deterministic algorithms during ``fit`` (``torch.use_deterministic_algorithms``).
         precision: the precision of a strategy given by name: ``"32-true"`` (default), ``"64-true"``,
             ``"bf16-mixed"``, ``"16-mixed"``.
+        profiler: ``None`` (default: nothing is timed, the loop runs the same code as without the argument),
+            ``"simple"`` (a table of where the fit's time went, printed at its end: the loader, the batch transfer,
+            the aggregate's step, each phase, each callback's handlers by callback and event), ``"pytorch"``
+            (``torch.profiler`` over a few training steps, a trace under ``default_root_dir/profiler``, and both
+            tables), or a ``SimpleProfiler``/``PyTorchProfiler`` with other settings
+            (``torchsystem_trainer.profilers``). Only ``fit`` is profiled.
 
     Raises:
         ValueError: for an invalid value, naming the argument, the value and what is valid.
@@ -162,6 +170,7 @@ class Trainer:
         num_sanity_val_steps: int = 2,
         limit_test_batches: int | float | None = None,
         limit_predict_batches: int | float | None = None,
+        profiler: str | SimpleProfiler | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -197,6 +206,7 @@ class Trainer:
         self.deterministic = bool(deterministic)
         self.default_root_dir = Path(default_root_dir) if default_root_dir is not None else Path("runs")
         self.metrics = build_metrics(metrics)
+        self.profiler: SimpleProfiler | None = resolve_profiler(profiler)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
         callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
         summary, console = type(self).default_model_summary, type(self).default_console
@@ -541,9 +551,9 @@ class Trainer:
             if saved is not None:
                 callback.load_state_dict(saved)  # type: ignore[attr-defined]
 
-    def _start(self, aggregate: Any) -> None:
+    def _start(self, aggregate: Any, profiler: SimpleProfiler | None = None) -> None:
         """What every entry point does first, in every process: set up the strategy, the event bus and the loop's
-        run."""
+        run (``profiler``: the fit's, which then times the callbacks' handlers and the phases)."""
         strategy = self.strategy
         zero = strategy.is_global_zero
         sharded = strategy.sharded_checkpoints  # every process writes its shard: checkpoint callbacks run everywhere
@@ -552,7 +562,8 @@ class Trainer:
             for callback, table in zip(self.callbacks, self._subscriptions, strict=True)
             if zero or not getattr(callback, "rank_zero_only", False) or (sharded and _is_checkpointer(callback))
         ]
-        self._bus = EventBus([c for c, _ in kept], [t for _, t in kept])
+        wrap = None if profiler is None else profiler.wrap
+        self._bus = EventBus([c for c, _ in kept], [t for _, t in kept], wrap)
         strategy.configure(
             accumulate_grad_batches=self.accumulate_grad_batches,
             gradient_clip_val=self.gradient_clip_val,
@@ -563,7 +574,7 @@ class Trainer:
         self._aggregate = aggregate
         self.loop.begin(self.metrics, strategy.root_device, strategy.world_size, strategy.global_rank)
         self.loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the one epoch counter: the aggregate's
-        self._run = Run(self, strategy, self._bus, self.loop)
+        self._run = Run(self, strategy, self._bus, self.loop, profiler)
 
     def _on_gradients(self, optimizer: Any) -> None:
         progress = self.loop.progress
@@ -577,7 +588,8 @@ class Trainer:
         self.ckpt_path = None
         if aggregate_epoch(aggregate) is None:
             aggregate.epoch = 0  # a first value: an Aggregate fires no onepoch for it
-        self._start(aggregate)
+        profiler = self.profiler
+        self._start(aggregate, profiler)
         reason: EndReason = "exception"
         bus = self._bus
         with StopSignals(loop.on_signal) as signals:
@@ -591,6 +603,8 @@ class Trainer:
                     (restore_sharded if is_sharded_checkpoint(path) else restore)(self, aggregate, path)
                     loop.progress.epoch = aggregate_epoch(aggregate) or 0  # the aggregate's, restored
                     self.ckpt_path = path
+                if profiler is not None:
+                    profiler.start(self.default_root_dir, self.strategy.root_device, self.strategy.global_rank)
                 try:
                     with deterministic_algorithms(self.deterministic):
                         bus.emit(FitStarted, self, aggregate)
@@ -605,8 +619,13 @@ class Trainer:
                     bus.emit(ExceptionRaised, self, aggregate, error)
                     raise
                 finally:
-                    bus.emit(FitEnded, self, aggregate, reason)
+                    try:
+                        bus.emit(FitEnded, self, aggregate, reason)
+                    finally:
+                        if profiler is not None:
+                            profiler.stop(print_report=self.strategy.is_global_zero)
             finally:
+                bind_log(aggregate, None)  # a phase that raised left its results bound to Aggregate.log
                 self.strategy.teardown(aggregate)
                 # the trainer sits in reference cycles; a loader it kept would live until the cyclic GC, and a
                 # persistent-workers iterator freed by that GC waits 5 s per worker to shut down
@@ -678,6 +697,7 @@ class Trainer:
             finally:
                 bus.emit(StageEnded, self, aggregate, stage, reason)
         finally:
+            bind_log(aggregate, None)
             self.strategy.teardown(aggregate)
 
     def _with_progress_bar(self, callbacks: list[Consumer], enabled: bool | None) -> list[Consumer]:
