@@ -119,19 +119,19 @@ def run_variant(size: str, variant: str, checkpoints: int, every: int, folder: P
 
 
 def _time_background_writes(writes: list[float]) -> None:
-    """Record how long each background write takes (the writer thread's ``save_atomic`` + ``last.ckpt`` link)."""
-    from torchsystem_trainer.callbacks import model_checkpoint
+    """Record how long each background write takes (the writer thread's ``write_files``: the file, ``last.ckpt``)."""
+    from torchsystem_trainer.callbacks import checkpoint_writes
 
-    real_write = model_checkpoint.ModelCheckpoint._write
+    real_write = checkpoint_writes.write_files
 
-    def timed(self: Any, *args: Any, **kwargs: Any) -> None:
+    def timed(*args: Any, **kwargs: Any) -> None:
         start = time.perf_counter()
         try:
-            real_write(self, *args, **kwargs)
+            real_write(*args, **kwargs)
         finally:
             writes.append(time.perf_counter() - start)
 
-    model_checkpoint.ModelCheckpoint._write = timed  # type: ignore[method-assign]
+    checkpoint_writes.write_files = timed  # type: ignore[assignment]
 
 
 def _median(values: list[float]) -> float:
