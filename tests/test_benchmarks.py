@@ -102,3 +102,16 @@ def test_the_gpu_benchmark_runs_on_the_cpu_and_writes_its_report(tmp_path):
     assert len(report["samples"]) == 2 * 2 * len(variants)  # rounds x workloads x variants
     table = (tmp_path / "gpu-benchmark.md").read_text()
     assert "QUICK SMOKE RUN" in table and "| trainer |" in table and table in done.stdout
+
+
+@pytest.mark.slow
+def test_the_checkpoint_benchmark_runs_its_variants_and_writes_its_report(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.checkpoint", "--quick", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    report = json.loads((tmp_path / "checkpoint-benchmark.json").read_text())
+    assert [(run["variant"], len(run["stalls_s"])) for run in report["runs"]] == [("none", 0), ("sync", 2), ("async", 2)]
+    summary = report["summary"]["quick"]
+    sync_bytes, async_bytes = summary["sync"]["checkpoint_bytes"], summary["async"]["checkpoint_bytes"]
+    assert sync_bytes > 0 and abs(async_bytes - sync_bytes) < 1024  # the same state (the folders' names differ)
+    assert summary["async_stall_over_sync_save"] > 0 and "| quick |" in done.stdout

@@ -9,8 +9,7 @@ import torch
 
 from tests.conftest import Classifier, make_data
 from torchsystem_trainer import Trainer
-from torchsystem_trainer.callbacks import EarlyStopping, ModelCheckpoint, MonitorError
-from torchsystem_trainer.callbacks import model_checkpoint as model_checkpoint_module
+from torchsystem_trainer.callbacks import EarlyStopping, ModelCheckpoint, MonitorError, checkpoint_writes
 from torchsystem_trainer.checkpoint import CheckpointError
 
 
@@ -157,7 +156,7 @@ def test_resuming_from_last_restores_the_weights_and_continues_identically(tmp_p
 
 def test_old_files_are_removed_only_after_the_new_one_is_complete(tmp_path, monkeypatch):
     checkpoint = ModelCheckpoint(monitor="validation/loss", filename="e{epoch}")
-    real_save, calls = model_checkpoint_module.save_atomic, []
+    real_save, calls = checkpoint_writes.save_atomic, []
 
     def failing_second_save(state, path):
         calls.append(path)
@@ -165,7 +164,7 @@ def test_old_files_are_removed_only_after_the_new_one_is_complete(tmp_path, monk
             raise OSError("disk full")
         return real_save(state, path)
 
-    monkeypatch.setattr(model_checkpoint_module, "save_atomic", failing_second_save)
+    monkeypatch.setattr(checkpoint_writes, "save_atomic", failing_second_save)
     with pytest.raises(OSError, match="disk full"):
         fit(checkpoint, tmp_path, max_epochs=2, aggregate=Scripted([0.5, 0.1]))
     folder = tmp_path / "checkpoints"

@@ -1,6 +1,7 @@
-"""Crash tests: a training process killed with SIGKILL (at chosen steps, inside checkpoint writes, at points
-drawn from seeded generators, several times in one run) and resumed each time with ``ckpt_path="last"`` ends with the uninterrupted run's
-weights, bit for bit; SIGTERM from outside stops it cleanly with a checkpoint.
+"""Crash tests: a training process killed with SIGKILL (at chosen steps, inside checkpoint writes, inside background
+checkpoint writes, at points drawn from seeded generators, several times in one run) and resumed each time with
+``ckpt_path="last"`` ends with the uninterrupted run's weights, bit for bit; SIGTERM from outside stops it cleanly with
+a checkpoint; Slurm's SIGUSR1 stops it with a checkpoint, then requeues the job, which resumes exactly.
 
 The runs are processes forked from a forkserver that has imported the training script (a fresh interpreter spends
 seconds importing torch); the SIGTERM test runs the script with ``sys.executable``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import random
 import signal
 import subprocess
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.callbacks.test_slurm_requeue import fake_scontrol
 from tests.checkpoint import train_script
 from torchsystem_trainer.callbacks import ModelCheckpoint
 from torchsystem_trainer.checkpoint import load_file, read_checkpoint
@@ -209,6 +212,60 @@ def test_sigterm_from_outside_stops_cleanly_and_resumes_exactly(forkserver, refe
     assert_bit_identical(weights(out), reference("workers0-augmented", workers=0, augment=True))
 
 
+def test_sigkill_during_background_writes_leaves_the_previous_checkpoint_and_resumes_exactly(
+    forkserver, reference, tmp_path
+):
+    """ModelCheckpoint(async_save=True): kills in the writing thread (half a file, a complete file not yet renamed)
+    and in the training thread while a write may be in flight; the resumed runs end as the synchronous one."""
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    base = {"workers": 0, "augment": True, "async": True, "dirpath": str(folder), "out": str(out)}
+    kills = [  # (kill, the step of the newest complete checkpoint after it)
+        ({"event": "torn", "at": 2}, 3),  # the 2nd background write (step 6's file) half written: step 3 stays
+        ({"event": "replace", "at": 3}, 6),  # resumed at 3: step 6's file and last.ckpt, then step 8's not renamed
+        ({"event": "BatchTrained", "at": 13}, None),  # right after step 12's checkpoint went to the writer
+    ]
+    for kill, newest in kills:
+        assert launch(forkserver, {**base, "kill": kill}) == KILLED, kill
+        newest_is_loadable(folder)
+        found = ModelCheckpoint(folder).checkpoint_path("last", trainer=None)
+        assert found is not None
+        if newest is not None:
+            assert read_checkpoint(found)["loop"]["progress"]["global_step"] == newest, kill
+    assert launch(forkserver, base) == 0
+    assert_bit_identical(weights(out), reference("workers0-augmented", workers=0, augment=True))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="this platform has no SIGUSR1")
+def test_slurm_sigusr1_checkpoints_requeues_and_the_requeued_job_resumes_exactly(forkserver, reference, tmp_path):
+    folder, out = tmp_path / "checkpoints", tmp_path / "out.pt"
+    config = {"workers": 0, "augment": True, "slow": 0.01, "report": True, "slurm": True, "dirpath": str(folder),
+              "out": str(out)}
+    environment, record = fake_scontrol(tmp_path, folder / "last.ckpt", job="31337")
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), json.dumps(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **environment},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    for line in process.stdout:  # Slurm's warning comes while the fit runs
+        if line.strip() == "step 3":
+            break
+    process.send_signal(signal.SIGUSR1)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 0, errors
+    stopped = load_file(out)
+    assert stopped["interrupted"] and stopped["reason"] == "interrupted"
+    assert record.read_text().split() == ["requeue", "31337"]
+    # scontrol ran once last.ckpt held the step the fit stopped at
+    copy = read_checkpoint(Path(f"{record}.last.ckpt"))
+    assert copy["loop"]["progress"]["global_step"] == stopped["global_step"]
+    # the requeued job runs the same script: it resumes from last.ckpt, as if never stopped
+    out.unlink()
+    assert launch(forkserver, {**config, "slow": 0, "report": False}) == 0
+    assert_bit_identical(weights(out), reference("workers0-augmented", workers=0, augment=True))
 @pytest.mark.parametrize("name", list(LOOP_CONTROLS), ids=list(LOOP_CONTROLS))
 def test_sigkill_between_mid_epoch_validations_with_a_trainer_stepped_scheduler_resumes_bit_identically(
     name, forkserver, reference, tmp_path

@@ -18,7 +18,10 @@ Options: ``"ema"`` adds ``EMA(decay=0.9)``; ``"swa"`` adds ``StochasticWeightAve
 or the best epoch's), so a resume that lost their state ends elsewhere. ``"loop_controls"`` validates every 3
 training batches (``val_check_interval=3``: after batches 3 and 6 of each epoch, checked by ``EarlyStopping`` and
 checkpointed by ``ModelCheckpoint``), has the Trainer step the scheduler (``LearningRateScheduler``, per optimizer
-step) instead of the aggregate's ``fit``, and defers ``EarlyStopping``'s stop until ``min_epochs=4``.
+step) instead of the aggregate's ``fit``, and defers ``EarlyStopping``'s stop until ``min_epochs=4``. ``"async"``
+writes the checkpoints in the background (``ModelCheckpoint(async_save=True)``: the ``torn``/``replace`` kills then
+land in the writing thread); ``"slurm"`` adds ``SLURMRequeue()`` (``SIGUSR1`` stops the fit with a checkpoint, then
+``scontrol requeue``).
 
 When it runs to the end it writes ``{"weights", "reason", "epoch", "global_step", "interrupted"}`` to ``out``.
 The tests run :func:`main` in processes forked from a forkserver that has imported this module (a fresh
@@ -50,6 +53,7 @@ from torchsystem_trainer.callbacks import (
     EarlyStopping,
     LearningRateScheduler,
     ModelCheckpoint,
+    SLURMRequeue,
     StochasticWeightAveraging,
 )
 from torchsystem_trainer.checkpoint import save_atomic
@@ -200,7 +204,8 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
 
     Args:
         config: ``{"dirpath", "out", "workers", "augment", "persistent", "resume", "kill", "slow",
-            "report", "signal": [number, step], "ema", "swa", "restore_best", "loop_controls"}``.
+            "report", "signal": [number, step], "ema", "swa", "restore_best", "loop_controls", "async",
+            "slurm"}``.
         ready: an event to set once the imports are done and the fit is about to start.
     """
     torch.set_num_threads(1)
@@ -215,8 +220,17 @@ def main(config: dict[str, Any], ready: Any = None) -> None:
         callbacks.append(EMA(decay=0.9))
     if config.get("swa"):
         callbacks.append(StochasticWeightAveraging(swa_lrs=0.002, swa_epoch_start=2, annealing_epochs=2))
-    checkpoint = ModelCheckpoint(config["dirpath"], every_n_steps=3, every_n_epochs=1, save_top_k=2, save_last=True)
+    checkpoint = ModelCheckpoint(
+        config["dirpath"],
+        every_n_steps=3,
+        every_n_epochs=1,
+        save_top_k=2,
+        save_last=True,
+        async_save=bool(config.get("async")),
+    )
     callbacks.append(checkpoint)
+    if config.get("slurm"):
+        callbacks.append(SLURMRequeue())
     if kill.get("event") in ("BatchTrained", "EpochStarted", "FitEnded", "Validating"):
         callbacks.append(Kill(kill["event"], kill.get("at")))
     if config.get("slow"):

@@ -17,6 +17,7 @@ from torchsystem_trainer.callbacks.nan_detector import NaNDetector, NonFiniteErr
 from torchsystem_trainer.callbacks.progress_bar import ProgressBar
 from torchsystem_trainer.callbacks.progress_base import ProgressBarBase
 from torchsystem_trainer.callbacks.rich_progress import RichProgressBar
+from torchsystem_trainer.callbacks.slurm_requeue import SLURMRequeue
 from torchsystem_trainer.callbacks.swa import StochasticWeightAveraging
 from torchsystem_trainer.callbacks.tensorboard import TensorBoardLogger
 from torchsystem_trainer.callbacks.timer import Timer
@@ -43,6 +44,7 @@ __all__ = [
     "ProgressBar",
     "ProgressBarBase",
     "RichProgressBar",
+    "SLURMRequeue",
     "SchedulerConflictError",
     "StochasticWeightAveraging",
     "TensorBoardLogger",

@@ -15,8 +15,8 @@ as usual.
 
 from __future__ import annotations
 
+import functools
 import os
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -30,20 +30,22 @@ from torchsystem_trainer.callbacks.checkpoint_files import (
     best_of,
     check_template,
     free_path,
-    link_or_write,
     newest_checkpoint,
     render,
     warn_untracked,
 )
+from torchsystem_trainer.callbacks.checkpoint_writes import (
+    BackgroundWrites,
+    remove_checkpoint,
+    write_collectively,
+    write_files,
+)
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
 from torchsystem_trainer.checkpoint import callback_keys, checkpoint_state, load_file, save_atomic, weights_state
 from torchsystem_trainer.checkpoint.sharded import (
-    copy_sharded,
     is_complete,
     is_sharded_checkpoint,
     read_sharded,
-    save_sharded,
-    sharded_checkpoint_state,
 )
 from torchsystem_trainer.events import (
     BatchTrained,
@@ -108,6 +110,16 @@ class ModelCheckpoint(Callback):
             the aggregate's modules, epoch and identity, and the averaged weights of ``EMA``/``SWA``), for
             ``load_weights``, ``load_model`` and ``validate``/``test(ckpt_path=...)``; such files cannot resume a fit,
             so ``fit(ckpt_path=...)`` refuses them (Lightning's ``save_weights_only``).
+        async_save: write the files in a background thread: at each checkpoint the state is copied into CPU memory
+            (the only pause of the training loop; the buffers are reused from one checkpoint to the next), then
+            written while training goes on. The next checkpoint waits for the previous write, the fit waits for the
+            last one before it ends, and an error of a background write is raised in the fit (at the next
+            checkpoint or at the end) as a ``CheckpointError`` naming the file. Crash safety is unchanged: a
+            ``SIGKILL`` during a background write leaves the previous checkpoint complete and in charge. Costs
+            CPU memory the size of one checkpoint for the fit's duration. Under sharded checkpoints every process
+            copies its shards with ``torch.distributed.checkpoint``'s stager and writes them in the background on a
+            process group of the writers' own, as DCP's ``async_save`` does. The pause per checkpoint is measured in
+            docs/performance.md ("Asynchronous checkpoints").
 
     A fit stopped by ``SIGTERM`` or ``SIGINT`` (``FitEnded`` with reason ``"interrupted"`` and no
     ``ExceptionRaised``: the loop stopped between two steps) always writes ``last.ckpt``, whatever ``save_last``,
@@ -142,6 +154,7 @@ class ModelCheckpoint(Callback):
         every_n_steps: int | None = None,
         save_on_exception: bool = False,
         save_weights_only: bool = False,
+        async_save: bool = False,
     ) -> None:
         owner = "ModelCheckpoint"
         if monitor is not None and (not isinstance(monitor, str) or not monitor):
@@ -166,6 +179,8 @@ class ModelCheckpoint(Callback):
         self.every_n_epochs = (1 if not every_n_steps else 0) if every_n_epochs is None else every_n_epochs
         self.save_on_exception = bool(save_on_exception)
         self.save_weights_only = bool(save_weights_only)
+        self.async_save = bool(async_save)
+        self._background: BackgroundWrites | None = None  # built when a fit starts (threads do not pickle)
         self._dirpath_argument = None if dirpath is None else Path(dirpath)
         self.dirpath: Path | None = self._dirpath_argument
         self._owner = owner if monitor is None else f"{owner}(monitor={monitor!r})"
@@ -188,6 +203,8 @@ class ModelCheckpoint(Callback):
         trainer = event.trainer
         self.dirpath = self._resolve(trainer)
         self._fitting, self._checks, self._raised = True, 0, False
+        if self.async_save:
+            self._background = BackgroundWrites(_collective(trainer), getattr(trainer.strategy, "timeout", None))
         if self._loaded is not None:
             self._reconcile(self._loaded)
             self._loaded = None
@@ -219,6 +236,10 @@ class ModelCheckpoint(Callback):
         """Write ``on_exception.ckpt`` when ``save_on_exception``; a failure to write is only a warning."""
         trainer = event.trainer
         self._raised = True
+        try:
+            self._wait_for_writes()
+        except Exception as error:  # the fit's own exception must propagate, not this one
+            warnings.warn(f"{self._owner}: {error}", stacklevel=2)
         if not self.save_on_exception or not self._fitting or trainer.fast_dev_run:
             return
         path = self._resolve(trainer) / f"{self.EXCEPTION_NAME}{EXTENSION}"
@@ -236,12 +257,25 @@ class ModelCheckpoint(Callback):
             warnings.warn(f"{self._owner}: could not write {str(path)!r}: {error!r}", stacklevel=2)
 
     def on_fit_ended(self, event: FitEnded) -> None:
-        """Write ``last.ckpt`` when a signal stopped the fit; warn when ``monitor`` was never found during the fit
-        (no top-k file was written)."""
+        """Wait for a background write in flight; write ``last.ckpt`` when a signal stopped the fit; warn when
+        ``monitor`` was never found during the fit (no top-k file was written).
+
+        Raises:
+            CheckpointError: when a background write failed (unless the fit is failing already: then a warning).
+        """
+        try:
+            self._wait_for_writes()
+        except Exception as error:
+            if not self._raised:
+                self._close_writer()
+                self._fitting = False
+                raise
+            warnings.warn(f"{self._owner}: {error}", stacklevel=2)
+        self._close_writer()
         if event.reason == "interrupted" and self._fitting and not self._raised and not event.trainer.fast_dev_run:
             last = self._resolve(event.trainer) / f"{self.LAST_NAME}{EXTENSION}"
             if _collective(event.trainer):
-                self._write_collectively(event.trainer, event.aggregate, None, last)
+                write_collectively(event.trainer, event.aggregate, None, last, self.save_weights_only)
             else:
                 save_atomic(self._state(event.trainer, event.aggregate), last)
             self.last_model_path = str(last)
@@ -309,7 +343,14 @@ class ModelCheckpoint(Callback):
         return checkpoint_state(trainer, aggregate)
 
     def _save(self, trainer: Any, aggregate: Any, epoch: int, results: dict[str, float]) -> None:
-        """Write the top-k file (when it ranks) and ``last.ckpt``; delete files that left the top k last."""
+        """Write the top-k file (when it ranks) and ``last.ckpt``; delete files that left the top k last. With
+        ``async_save``, the previous background write is waited for first: its outcome decides what is kept, and
+        the staging buffers it is writing from are reused for this one.
+
+        Raises:
+            CheckpointError: when the previous background write failed, naming its file.
+        """
+        self._wait_for_writes()
         folder = self.dirpath or self._resolve(trainer)
         step = trainer.progress.global_step
         score: float | None = None
@@ -338,64 +379,69 @@ class ModelCheckpoint(Callback):
         if path is None and not self.save_last:
             return
         previous = (self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path)
+        saved = (self._last_global_step_saved, self._last_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
+        written = {"top_k": False}  # what the write got done: on an error, the bookkeeping is undone up to there
+        undo = functools.partial(self._undo, previous, saved, written)
+        background = self._background
+        if collective and background is not None and not self.save_weights_only:
+            background.sharded(trainer, aggregate, path, last if self.save_last else None, evicted, written, undo)
+            self._last_global_step_saved, self._last_path = step, path
+            return
         if collective:
             try:
-                self._write_collectively(trainer, aggregate, path, last if self.save_last else None)
+                write_collectively(
+                    trainer, aggregate, path, last if self.save_last else None, self.save_weights_only
+                )
             except BaseException:
                 self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
                 raise
             if trainer.is_global_zero:
                 for old in evicted:
                     if old != path:
-                        _remove(Path(old))
+                        remove_checkpoint(Path(old))
             self._last_global_step_saved, self._last_path = step, path
             return
         state = self._state(trainer, aggregate)
-        try:
-            if path is not None:
-                save_atomic(state, path)
-        except BaseException:
-            self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
-            raise
-        try:
-            if self.save_last:
-                link_or_write(Path(path) if path is not None else None, last, state)
-        except BaseException:
-            self.last_model_path = previous[3]
-            raise
-        finally:
-            for old in evicted:
-                if old != path:
-                    _remove(Path(old))
         self._last_global_step_saved, self._last_path = step, path
-
-    def _write_collectively(self, trainer: Any, aggregate: Any, path: str | None, last: Path | None) -> None:
-        """Write the checkpoint at ``path`` (if any) and ``last`` (if any), every process together: a sharded
-        folder each process writes its shard of, ``last`` a linked copy made by rank 0; or with
-        ``save_weights_only`` the weights gathered to rank 0, which writes the files."""
-        zero = trainer.is_global_zero
-        if self.save_weights_only:
-            modules = trainer.strategy.aggregate_state(aggregate)["modules"]  # a collective: every process
-            state = weights_state(aggregate, trainer.callbacks, modules=modules)
-            if zero:
-                if path is not None:
-                    save_atomic(state, path)
-                if last is not None:
-                    link_or_write(Path(path) if path is not None else None, last, state)
-            trainer.strategy.barrier("checkpoint written")
+        if background is not None:  # the training loop pauses only to copy the state into CPU memory
+            background.files(state, path, last if self.save_last else None, evicted, written, undo)
             return
-        sharded = sharded_checkpoint_state(trainer, aggregate)
-        if path is not None:
-            save_sharded(sharded, path)
-        if last is not None:
-            if path is None:
-                save_sharded(sharded, last)
-            else:
-                if zero:
-                    copy_sharded(path, last)
-                trainer.strategy.barrier("last checkpoint linked")
+        try:
+            write_files(state, path, last if self.save_last else None, evicted, written)
+        except BaseException as error:
+            undo(error)
+            raise
+
+    def _undo(
+        self,
+        previous: tuple[Any, ...],
+        saved: tuple[int, str | None],
+        written: dict[str, bool],
+        error: BaseException,
+    ) -> None:
+        """A write failed: the files kept are those before it (or, when only ``last.ckpt`` failed, the new top-k
+        file is kept and ``last_model_path`` is the previous one)."""
+        if written["top_k"]:
+            self.last_model_path = previous[3]
+            return
+        self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
+        self._last_global_step_saved, self._last_path = saved
+
+    def _wait_for_writes(self) -> None:
+        """Wait for the background write in flight, if any.
+
+        Raises:
+            CheckpointError: when it failed, naming the file.
+        """
+        if self._background is not None:
+            self._background.wait()
+
+    def _close_writer(self) -> None:
+        if self._background is not None:
+            self._background.close()
+        self._background = None
 
     @property
     def _reserved(self) -> tuple[str, ...]:
@@ -457,14 +503,6 @@ class ModelCheckpoint(Callback):
 def _collective(trainer: Any) -> bool:
     """Whether checkpoints are written by every process together (a strategy with sharded checkpoints)."""
     return bool(getattr(getattr(trainer, "strategy", None), "sharded_checkpoints", False))
-
-
-def _remove(path: Path) -> None:
-    """Delete a checkpoint file or a sharded checkpoint's folder (gone already: nothing to do)."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _is_int(value: object) -> bool:

@@ -16,11 +16,14 @@ A read never changes anything on disk and runs no code from the file. It checks,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
 import tempfile
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ import torch
 __all__ = ["CheckpointError", "load_file", "save_atomic", "verify_archive"]
 
 _CHUNK = 1 << 20  # bytes read at a time when checking CRCs
+_CRC_SWITCH = threading.Lock()  # held during torch.save: the process-wide CRC option is read as a save starts
 
 
 class CheckpointError(RuntimeError):
@@ -39,8 +43,11 @@ class CheckpointError(RuntimeError):
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` with ``torch.save`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
 
-    Every record of the archive gets its CRC-32 (``torch.serialization.set_crc32_options(True)`` for the
-    duration of the write), which :func:`load_file` checks.
+    Every record of the archive gets its CRC-32, which :func:`load_file` checks. That is torch's default; when a
+    user has switched it off (``torch.serialization.set_crc32_options(False)``, a process-wide setting that
+    ``torch.save`` reads as it starts), it is switched on for the duration of the write. Writes from several threads
+    (a background checkpoint and one in the training thread) take turns in ``torch.save``, so none restores the
+    setting while another is starting.
 
     Args:
         obj: tensors, numbers, strings, ``None`` and lists/tuples/dicts of those (what ``weights_only`` loads).
@@ -56,21 +63,35 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     destination = Path(path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    crc = torch.serialization.get_crc32_options()
     try:
-        torch.serialization.set_crc32_options(True)
         with os.fdopen(descriptor, "wb") as handle:
-            torch.save(obj, handle)
+            with _crc32_on():
+                torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, destination)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    finally:
-        torch.serialization.set_crc32_options(crc)
     _fsync_folder(destination.parent)
     return destination
+
+
+@contextlib.contextmanager
+def _crc32_on() -> Iterator[None]:
+    """``torch.save`` inside computes every record's CRC-32. The option is switched on only when it is off (torch's
+    default is on), and always under :data:`_CRC_SWITCH`: a save that found it on while another thread had switched
+    it on for a moment would otherwise start after that thread switched it back off."""
+    with _CRC_SWITCH:
+        previous = torch.serialization.get_crc32_options()
+        if previous:
+            yield
+            return
+        torch.serialization.set_crc32_options(True)
+        try:
+            yield
+        finally:
+            torch.serialization.set_crc32_options(previous)
 
 
 def _fsync_folder(folder: Path) -> None:

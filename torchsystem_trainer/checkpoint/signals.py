@@ -35,14 +35,17 @@ class StopSignals:
         on_stop: called with the signal number at the first signal; it should set a flag the loop checks after
             each step. A Python handler installed before (not Python's default ``SIGINT`` handler) is called after
             it, with the same arguments.
+        signals: the signals handled (default :data:`STOP_SIGNALS`; a cluster's warning signal such as Slurm's
+            ``SIGUSR1`` for ``SLURMRequeue``).
 
     Attributes:
         received: the first signal received, or ``None``.
         insisted: whether a second ``SIGINT`` came (and raised ``KeyboardInterrupt``).
     """
 
-    def __init__(self, on_stop: Callable[[int], None]) -> None:
+    def __init__(self, on_stop: Callable[[int], None], signals: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.on_stop = on_stop
+        self.signals = tuple(signals)
         self.received: int | None = None
         self.insisted = False
         self._previous: dict[int, Any] = {}
@@ -50,7 +53,7 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self
-        for number in STOP_SIGNALS:
+        for number in self.signals:
             previous = signal.getsignal(number)
             if previous is signal.SIG_IGN:
                 continue

@@ -48,7 +48,12 @@ class DDPStrategy(ParallelStrategy):
         precision: ``"32-true"``, ``"64-true"``, ``"bf16-mixed"`` or ``"16-mixed"`` (see ``Precision``).
         timeout: how long a collective may wait for the other processes before it fails (a ``timedelta`` or
             seconds; default 30 minutes): the bound on how long the others wait when one process dies under a
-            launcher that does not stop them (the strategy's own launcher and ``torchrun`` stop them at once).
+            launcher that does not stop them (the strategy's own launcher and ``torchrun`` stop them at once), or
+            when a machine stops answering.
+        collective_warning: seconds a process may wait in a collective (or without finishing one) before the
+            collective watchdog logs a warning naming it, the time and what every other process was last seen
+            doing (:mod:`~torchsystem_trainer.strategies.watchdog`); ``"auto"``: ``min(300, timeout / 2)``;
+            ``None``: no watchdog.
         find_unused_parameters: DDP's option: set it when some parameters get no gradient in some steps.
         start_method: how the strategy starts processes from a plain ``python script.py``: ``"spawn"``
             (default: works everywhere, CUDA included; needs picklable arguments and a ``__main__`` guard),
@@ -72,6 +77,7 @@ class DDPStrategy(ParallelStrategy):
         backend: str | None = None,
         precision: str = "32-true",
         timeout: timedelta | float = timedelta(minutes=30),
+        collective_warning: float | str | None = "auto",
         find_unused_parameters: bool = False,
         start_method: str = "spawn",
         ddp_comm_hook: Callable[..., Any] | None = None,
@@ -92,7 +98,7 @@ class DDPStrategy(ParallelStrategy):
         self._loose: list[torch.nn.Parameter] = []
         self._routing_checked = False
         self._grads_unsynced = False  # the last backward ran under no_sync: gradients differ across processes
-        super().__init__(devices, accelerator, backend, precision, timeout, start_method)
+        super().__init__(devices, accelerator, backend, precision, timeout, start_method, collective_warning)
 
     # -- set-up -----------------------------------------------------------------------------------------
 

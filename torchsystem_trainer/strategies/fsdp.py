@@ -84,7 +84,7 @@ class FSDPStrategy(ParallelStrategy):
     optimizer state (plus one sharded unit's full parameters at a time during forward and backward).
 
     Args:
-        devices, accelerator, backend, timeout, start_method: as for
+        devices, accelerator, backend, timeout, start_method, collective_warning: as for
             :class:`~torchsystem_trainer.strategies.parallel.ParallelStrategy` (``DDPStrategy``'s).
         auto_wrap_policy: which submodules become sharding units of their own (each gathers its parameters only
             while it runs): a set of module classes (``{TransformerBlock}``), or ``(module) -> bool``; ``None``:
@@ -112,6 +112,7 @@ class FSDPStrategy(ParallelStrategy):
         precision: str = "32-true",
         backend: str | None = None,
         timeout: timedelta | float = timedelta(minutes=30),
+        collective_warning: float | str | None = "auto",
         start_method: str = "spawn",
     ) -> None:
         self.auto_wrap_policy = _check_policy(auto_wrap_policy)
@@ -127,7 +128,7 @@ class FSDPStrategy(ParallelStrategy):
         self._units: list[FSDPModule] = []  # every sharded module of the aggregate set up last, roots included
         self._replaced: dict[int, tuple[weakref.ref[nn.Parameter], nn.Parameter]] = {}
         self._keep_gathered = False  # the parameters stay gathered after backward (inside an accumulation window)
-        super().__init__(devices, accelerator, backend, precision, timeout, start_method)
+        super().__init__(devices, accelerator, backend, precision, timeout, start_method, collective_warning)
         self._keeps_one_process_group = True  # the aggregate stays sharded on it after fit: keep it usable
 
     def __getstate__(self) -> dict[str, Any]:

@@ -65,8 +65,9 @@ KILL_GRACE_S = 3.0
 
 
 class GroupMember(Protocol):
-    """What the launcher needs of a strategy: how long collectives wait, joining and leaving the group, and the
-    state of an aggregate in the one-process format (a collective for a sharded strategy)."""
+    """What the launcher needs of a strategy: how long collectives wait, joining and leaving the group, running a
+    function in it (``launch``, which in a process of a group runs the function there, watched), and the state of an
+    aggregate in the one-process format (a collective for a sharded strategy)."""
 
     @property
     def timeout(self) -> timedelta: ...
@@ -78,6 +79,8 @@ class GroupMember(Protocol):
     ) -> None: ...
 
     def destroy_process_group(self) -> None: ...
+
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
 
 
 class ProcessRaisedError(RuntimeError):
@@ -286,7 +289,7 @@ def _worker(local_rank: int, spec: _Spec) -> None:
         store = dist.TCPStore(spec.host, spec.port, None, False, timeout=strategy.timeout)
         strategy.init_process_group(store=store, rank=rank, world_size=spec.world_size)
         try:
-            result = function(*args, **kwargs)
+            result = strategy.launch(function, *args, **kwargs)  # in the group now: runs here, watched
             # every rank: a sharded strategy gathers the full state collectively; rank 0's is complete
             states = {i: strategy.aggregate_state(arg) for i, arg in enumerate(args) if isinstance(arg, nn.Module)}
             if rank == 0:

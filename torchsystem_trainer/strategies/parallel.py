@@ -8,7 +8,8 @@ Launching (see :meth:`ParallelStrategy.launch`): under ``torchrun`` (or any laun
 ``python script.py`` the strategy starts the processes itself (:mod:`~torchsystem_trainer.strategies.launchers`
 says how and why; :mod:`~torchsystem_trainer.strategies.process_group` how long a group lives). Loaders are sharded
 (:mod:`~torchsystem_trainer.strategies.samplers`); collectives run over the default group
-(:mod:`~torchsystem_trainer.strategies.collectives`).
+(:mod:`~torchsystem_trainer.strategies.collectives`), and a watchdog reports a process that waits too long in one
+(:mod:`~torchsystem_trainer.strategies.watchdog`).
 
 The design follows Lightning Fabric's ``ParallelStrategy`` (topology, launcher, collectives shared by its DDP and
 FSDP strategies).
@@ -41,9 +42,10 @@ from torchsystem_trainer.strategies.devices import (
 )
 from torchsystem_trainer.strategies.environment import ProcessEnvironment, cpu_count
 from torchsystem_trainer.strategies.launchers import StartMethod, check_main_guard, launch_processes
-from torchsystem_trainer.strategies.process_group import destroy_group, destroy_launcher_group, join_group
+from torchsystem_trainer.strategies.process_group import destroy_group, destroy_launcher_group, join_group, side_store
 from torchsystem_trainer.strategies.samplers import distribute_loader, shuffle_seed_of, unshardable_reason
 from torchsystem_trainer.strategies.strategy import ReduceOp, Strategy
+from torchsystem_trainer.strategies.watchdog import CollectiveWatchdog
 
 __all__ = ["ACCELERATORS", "START_METHODS", "Accelerator", "ParallelStrategy"]
 
@@ -64,7 +66,12 @@ class ParallelStrategy(Strategy):
         precision: ``"32-true"``, ``"64-true"``, ``"bf16-mixed"`` or ``"16-mixed"`` (see ``Precision``).
         timeout: how long a collective may wait for the other processes before it fails (a ``timedelta`` or
             seconds; default 30 minutes): the bound on how long the others wait when one process dies under a
-            launcher that does not stop them (the strategy's own launcher and ``torchrun`` stop them at once).
+            launcher that does not stop them (the strategy's own launcher and ``torchrun`` stop them at once), or
+            when a machine stops answering.
+        collective_warning: seconds a process may wait in a collective (or without finishing one) before the
+            collective watchdog logs a warning naming it, the time and what every other process was last seen
+            doing (:mod:`~torchsystem_trainer.strategies.watchdog`); ``"auto"``: ``min(300, timeout / 2)``;
+            ``None``: no watchdog.
         start_method: how the strategy starts processes from a plain ``python script.py``: ``"spawn"``
             (default: works everywhere, CUDA included; needs picklable arguments and a ``__main__`` guard),
             ``"forkserver"`` (the same, cheaper when launching repeatedly) or ``"fork"`` (Linux; nothing pickled;
@@ -83,12 +90,15 @@ class ParallelStrategy(Strategy):
         precision: str = "32-true",
         timeout: timedelta | float = timedelta(minutes=30),
         start_method: str = "spawn",
+        collective_warning: float | str | None = "auto",
     ) -> None:
         self.accelerator: Literal["cpu", "cuda"] = resolve_accelerator(accelerator)
         self._processes, self._gpus = resolve_devices(devices, self.accelerator)
         self._devices_given = not (isinstance(devices, str) and devices == "auto")
         self.backend: str = resolve_backend(backend, self.accelerator)
         self.timeout: timedelta = resolve_timeout(timeout)
+        self.collective_warning = _collective_warning(type(self).__name__, collective_warning, self.timeout)
+        self.watchdog: CollectiveWatchdog | None = None
         if start_method not in START_METHODS or start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(
                 f"{type(self).__name__}: start_method={start_method!r} is invalid here; valid: "
@@ -179,7 +189,7 @@ class ParallelStrategy(Strategy):
         """
         if group_initialized():
             try:
-                return function(*args, **kwargs)
+                return self._watched(function, *args, **kwargs)
             except BaseException:
                 destroy_launcher_group()  # a torchrun group of an earlier fit: fail the peers now
                 raise
@@ -201,7 +211,7 @@ class ParallelStrategy(Strategy):
         if environment is not None:
             self.init_process_group()
             try:
-                return function(*args, **kwargs)
+                return self._watched(function, *args, **kwargs)
             except BaseException:
                 self.destroy_process_group()
                 raise
@@ -212,11 +222,31 @@ class ParallelStrategy(Strategy):
             if not self._keeps_one_process_group:
                 self.destroy_process_group()
 
+    def _watched(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """``function(*args, **kwargs)`` with the collective watchdog running (when there is one); an exception of a
+        collective (or raised while a peer had stopped answering) gets a note naming the silent processes."""
+        watchdog = self.watchdog
+        if watchdog is None:
+            return function(*args, **kwargs)
+        watchdog.start()
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:
+            if isinstance(error, dist.DistError) or watchdog.silent_peers():
+                error.add_note(
+                    f"rank {watchdog.rank} of {watchdog.world_size} failed {_failed_where(watchdog)} "
+                    f"({watchdog.describe()})"
+                )
+            raise
+        finally:
+            watchdog.stop()
+
     def init_process_group(
         self, store: dist.Store | None = None, rank: int | None = None, world_size: int | None = None
     ) -> None:
         """Join the default process group (a no-op when one is initialised) with :attr:`backend` and
-        :attr:`timeout` on :attr:`root_device` (:func:`.process_group.join_group`).
+        :attr:`timeout` on :attr:`root_device` (:func:`.process_group.join_group`); with several processes and
+        :attr:`collective_warning` set, build the collective watchdog (:attr:`watchdog`) on the group's store.
 
         Args:
             store: the rendezvous store, with ``rank`` and ``world_size``; ``None``: the ``env://`` rendezvous of
@@ -239,11 +269,18 @@ class ParallelStrategy(Strategy):
                 )
             self._check_environment(environment)
             rank, world_size = environment.global_rank, environment.world_size
-        join_group(self.backend, self.timeout, self.root_device, store, rank, world_size)
+        shared = join_group(self.backend, self.timeout, self.root_device, store, rank, world_size)
         self._owns_group = True
+        if self.collective_warning is not None and dist.get_world_size() > 1:
+            self.watchdog = CollectiveWatchdog(
+                side_store(shared, self.timeout), dist.get_rank(), dist.get_world_size(), self.collective_warning
+            )
 
     def destroy_process_group(self) -> None:
         """Destroy the default process group if this strategy created it (a user's own group is left alone)."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         if self._owns_group:
             destroy_group()
         self._owns_group = False
@@ -317,7 +354,9 @@ class ParallelStrategy(Strategy):
         collectives.check_reduce_op(tensor, op)
         if not collectives.require_group(f"{type(self).__name__}.all_reduce", self.world_size):
             return super().all_reduce(tensor, op)
-        return collectives.all_reduce(tensor, op, self._collective_device())
+        if self.watchdog is None:
+            return collectives.all_reduce(tensor, op, self._collective_device())
+        return self._watch(f"all_reduce({op})", collectives.all_reduce, tensor, op, self._collective_device())
 
     @override
     def all_gather(self, tensor: Tensor) -> Tensor:
@@ -328,7 +367,9 @@ class ParallelStrategy(Strategy):
         """
         if not collectives.require_group(f"{type(self).__name__}.all_gather", self.world_size):
             return super().all_gather(tensor)
-        return collectives.all_gather(tensor, self._collective_device())
+        if self.watchdog is None:
+            return collectives.all_gather(tensor, self._collective_device())
+        return self._watch("all_gather", collectives.all_gather, tensor, self._collective_device())
 
     @override
     def broadcast(self, obj: R, src: int = 0) -> R:
@@ -340,7 +381,9 @@ class ParallelStrategy(Strategy):
         """
         if not collectives.require_group(f"{type(self).__name__}.broadcast", self.world_size):
             return super().broadcast(obj, src)
-        return collectives.broadcast(obj, src, self._collective_device())
+        if self.watchdog is None:
+            return collectives.broadcast(obj, src, self._collective_device())
+        return self._watch(f"broadcast(src={src})", collectives.broadcast, obj, src, self._collective_device())
 
     @override
     def barrier(self, name: str | None = None) -> None:
@@ -349,8 +392,25 @@ class ParallelStrategy(Strategy):
         Raises:
             RuntimeError: outside the processes of a run.
         """
-        if collectives.require_group(f"{type(self).__name__}.barrier", self.world_size):
+        if not collectives.require_group(f"{type(self).__name__}.barrier", self.world_size):
+            return
+        if self.watchdog is None:
             collectives.barrier(self._collective_device())
+        else:
+            self._watch(f"barrier({name})" if name else "barrier", collectives.barrier, self._collective_device())
+
+    def _watch(self, name: str, collective: Callable[..., R], *args: Any) -> R:
+        """``collective(*args)``, marked for the watchdog as ``name`` (there must be a watchdog)."""
+        watchdog = self.watchdog
+        assert watchdog is not None
+        watchdog.enter(name)
+        try:
+            result = collective(*args)
+        except BaseException:
+            watchdog.leave(failed=True)
+            raise
+        watchdog.leave()
+        return result
 
     def __repr__(self) -> str:
         devices = self._processes if self.accelerator == "cpu" else self._gpus
@@ -358,3 +418,28 @@ class ParallelStrategy(Strategy):
             f"{type(self).__name__}(accelerator={self.accelerator!r}, devices={devices!r}, backend={self.backend!r}, "
             f"precision={self.precision.precision!r}, start_method={self.start_method!r})"
         )
+
+
+def _collective_warning(owner: str, value: float | str | None, timeout: timedelta) -> float | None:
+    """``collective_warning`` in seconds (``"auto"``: ``min(300, timeout / 2)``), or ``None``.
+
+    Raises:
+        ValueError: for anything but ``"auto"``, ``None`` or seconds > 0.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and value == "auto":
+        return min(300.0, timeout.total_seconds() / 2)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    raise ValueError(f"{owner}: collective_warning={value!r} is invalid; valid: 'auto', None or seconds > 0")
+
+
+def _failed_where(watchdog: CollectiveWatchdog) -> str:
+    """Where a process failed, for the note on a collective's error: in the strategy's collective that failed, or
+    after some time without finishing one (DDP's gradient all-reduce and FSDP's gathers run inside forward and
+    backward)."""
+    failed = watchdog.failed_collective()
+    if failed is not None:
+        return f"in {failed[0]} after waiting {failed[1]:.1f} s"
+    return f"after {watchdog.waited_s():.1f} s without finishing a collective (in a backward pass's communication?)"

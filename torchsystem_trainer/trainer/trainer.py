@@ -75,9 +75,10 @@ class Trainer:
 
     Args:
         callbacks: consumers of the events (``None``: none), dispatched in list order, except that checkpoint callbacks
-            (``ModelCheckpoint``) run after all others: ``Callback`` subclasses, or any ``Consumer`` (seed style,
-            handlers with ``Depends``). Checked here: a ``Callback`` method that looks
-            like a hook (``on_...``) but matches no event raises.
+            (``ModelCheckpoint``) run after all others but those that declare ``runs_after_checkpoints = True``
+            (``ConsoleLines``; ``SLURMRequeue``, which requeues a job once its checkpoint is written), which run
+            last: ``Callback`` subclasses, or any ``Consumer`` (seed style, handlers with ``Depends``). Checked here:
+            a ``Callback`` method that looks like a hook (``on_...``) but matches no event raises.
         strategy: a :class:`Strategy`, or ``"auto"`` (CUDA if present, else MPS, else CPU), ``"cpu"``,
             ``"cuda"``, ``"mps"``, ``"ddp"``, ``"fsdp"``.
         max_epochs: the epoch count the aggregate reaches (>= 0): train until ``aggregate.epoch == max_epochs``;
