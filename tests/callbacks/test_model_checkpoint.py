@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import Classifier, make_data
 from torchsystem_trainer import Trainer
-from torchsystem_trainer.callbacks import EarlyStopping, ModelCheckpoint, MonitorError
+from torchsystem_trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint, MonitorError
 from torchsystem_trainer.callbacks import model_checkpoint as model_checkpoint_module
 from torchsystem_trainer.checkpoint import CheckpointError
 
@@ -310,3 +310,32 @@ def test_last_refuses_a_folder_of_only_broken_checkpoints(tmp_path):
     with pytest.warns(UserWarning, match="not a usable checkpoint"), pytest.raises(CheckpointError, match="none is usable"):
         trainer.fit(Classifier(), make_data(), ckpt_path="last")
     assert (folder / "epoch=0-step=4.ckpt").read_bytes() == b"not a checkpoint"
+
+
+class _CrashAtTrained(Exception):
+    pass
+
+
+class _Crash(Callback):
+    """Raises at the first ``Trained``: the process dies after the step checkpoint of the epoch's last batch."""
+
+    def on_trained(self, event):
+        raise _CrashAtTrained
+
+
+def test_a_resumed_epoch_checkpoint_at_the_step_of_the_step_checkpoint_replaces_it(tmp_path):
+    # the step checkpoint of step 4 (the epoch's last batch) is written, then the process dies before the epoch's
+    # end; the resumed fit's epoch checkpoint at that same step replaces it, as in the uninterrupted run
+    def checkpoint():
+        return ModelCheckpoint(every_n_steps=4, every_n_epochs=1, save_top_k=-1, save_last=True)
+
+    fit(checkpoint(), tmp_path / "reference", max_epochs=2)
+    with pytest.raises(_CrashAtTrained):
+        fit(checkpoint(), tmp_path / "resumed", max_epochs=2, callbacks=[_Crash()])
+    assert names(tmp_path / "resumed" / "checkpoints") == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    resumed = checkpoint()
+    fit(resumed, tmp_path / "resumed", max_epochs=2, ckpt_path="last")
+    expected = ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    assert names(tmp_path / "reference" / "checkpoints") == expected
+    assert names(tmp_path / "resumed" / "checkpoints") == expected
+    assert list(resumed.best_k_models) == [str(tmp_path / "resumed" / "checkpoints" / n) for n in expected[:2]]

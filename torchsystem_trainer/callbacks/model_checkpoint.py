@@ -338,19 +338,23 @@ class ModelCheckpoint(Callback):
         if path is None and not self.save_last:
             return
         previous = (self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path)
+        saved = (self._last_global_step_saved, self._last_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
+        # before the state is taken: the file written now records itself as the latest save, so a fit resumed from
+        # it replaces it when its epoch ends at the same step (as the uninterrupted run does), rather than adding -v1
+        self._last_global_step_saved, self._last_path = step, path
         if collective:
             try:
                 self._write_collectively(trainer, aggregate, path, last if self.save_last else None)
             except BaseException:
                 self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
+                self._last_global_step_saved, self._last_path = saved
                 raise
             if trainer.is_global_zero:
                 for old in evicted:
                     if old != path:
                         _remove(Path(old))
-            self._last_global_step_saved, self._last_path = step, path
             return
         state = self._state(trainer, aggregate)
         try:
@@ -358,6 +362,7 @@ class ModelCheckpoint(Callback):
                 save_atomic(state, path)
         except BaseException:
             self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
+            self._last_global_step_saved, self._last_path = saved
             raise
         try:
             if self.save_last:
@@ -369,7 +374,6 @@ class ModelCheckpoint(Callback):
             for old in evicted:
                 if old != path:
                     _remove(Path(old))
-        self._last_global_step_saved, self._last_path = step, path
 
     def _write_collectively(self, trainer: Any, aggregate: Any, path: str | None, last: Path | None) -> None:
         """Write the checkpoint at ``path`` (if any) and ``last`` (if any), every process together: a sharded
@@ -417,7 +421,8 @@ class ModelCheckpoint(Callback):
 
         Returns:
             ``{"dirpath", "monitor", "mode", "best_k_models", "best_model_path", "best_model_score",
-            "last_model_path", "last_global_step_saved"}``.
+            "last_model_path", "last_global_step_saved", "last_path"}`` (``last_path``: the top-k file of that
+            latest save, or ``None``).
         """
         return {
             "dirpath": None if self.dirpath is None else str(self.dirpath),
@@ -428,6 +433,7 @@ class ModelCheckpoint(Callback):
             "best_model_score": self.best_model_score,
             "last_model_path": self.last_model_path,
             "last_global_step_saved": self._last_global_step_saved,
+            "last_path": self._last_path,
         }
 
     @override
@@ -438,6 +444,7 @@ class ModelCheckpoint(Callback):
         self._loaded = dict(state)
         self._commit(dict(state["best_k_models"]), state["last_model_path"])
         self._last_global_step_saved = int(state["last_global_step_saved"])
+        self._last_path = state.get("last_path")  # None in a file written before it was saved
 
     def _reconcile(self, state: dict[str, Any]) -> None:
         saved = state["dirpath"]
