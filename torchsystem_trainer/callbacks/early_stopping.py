@@ -11,7 +11,7 @@ from tqdm import tqdm
 from typing_extensions import override
 
 from torchsystem_trainer.callbacks.averaging import copy_into, weights_of
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
 from torchsystem_trainer.events import FitEnded, FitStarted, Iterated, MidEpochValidated
 
@@ -144,7 +144,7 @@ class EarlyStopping(Callback):
 
     def on_fit_started(self, event: FitStarted) -> None:
         """Start from a fresh state, unless a checkpoint was just restored into this callback."""
-        if not self._restored:
+        if not (self._restored and resumed(event.trainer)):
             self._reset()
         elif self.best_weights is not None and not self.best_weights_on_cpu:  # loaded on the CPU: back to the device
             device = next((p.device for p in event.aggregate.parameters()), None)

@@ -14,7 +14,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
 from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_of
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.events import (
     BatchTrained,
     ExceptionRaised,
@@ -93,7 +93,7 @@ class EMA(Callback):
 
     def on_fit_started(self, event: FitStarted) -> None:
         """Create the average over the aggregate (set up on its device); put back a restored state."""
-        aggregate, loaded = event.aggregate, self._loaded
+        aggregate, loaded = event.aggregate, self._loaded if resumed(event.trainer) else None
         self._loaded, self._swapped, self._fitting = None, False, True
         self.averaged = AveragedWeights(
             aggregate, use_buffers=self.use_buffers, multi_avg_fn=get_ema_multi_avg_fn(self.decay)

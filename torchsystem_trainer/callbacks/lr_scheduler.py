@@ -45,7 +45,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.callbacks.monitor import monitored_value
 from torchsystem_trainer.callbacks.swa import StochasticWeightAveraging
 from torchsystem_trainer.events import BatchTrained, FitEnded, FitStarted, Iterated, Trained
@@ -154,7 +154,7 @@ class LearningRateScheduler(Callback):
                 f"{type(event.aggregate).__name__}'s ({', '.join(type(o).__name__ for o in optimizers) or 'none'}); "
                 f"build the scheduler over the aggregate's optimizer"
             )
-        if not self._restored:
+        if not (self._restored and resumed(event.trainer)):
             self.steps = 0
         self._restored, self._suspended = False, False
         self._counted = self._seen = self.steps

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import SWALR, update_bn
 from typing_extensions import override
 
 from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_of
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.events import EpochStarted, FitEnded, FitStarted, Trained
 from torchsystem_trainer.strategies.optimizer_step import find_optimizers, find_schedulers
 
@@ -111,7 +111,8 @@ class StochasticWeightAveraging(Callback):
         Raises:
             ValueError: see the class.
         """
-        trainer, aggregate, loaded = event.trainer, event.aggregate, self._loaded
+        trainer, aggregate = event.trainer, event.aggregate
+        loaded = self._loaded if resumed(trainer) else None
         self._loaded = None
         optimizers = find_optimizers(aggregate)
         if len(optimizers) != 1:
