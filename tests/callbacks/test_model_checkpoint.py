@@ -339,3 +339,33 @@ def test_a_resumed_epoch_checkpoint_at_the_step_of_the_step_checkpoint_replaces_
     assert names(tmp_path / "reference" / "checkpoints") == expected
     assert names(tmp_path / "resumed" / "checkpoints") == expected
     assert list(resumed.best_k_models) == [str(tmp_path / "resumed" / "checkpoints" / n) for n in expected[:2]]
+
+
+class _CrashAtStep(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_trained(self, event):
+        if event.step == self.step:
+            raise _CrashAtTrained
+
+
+def test_step_checkpoints_rank_alike_in_a_resumed_fit(tmp_path):
+    # a step checkpoint is ranked by trainer.callback_metrics (the latest validation's results), which a checkpoint
+    # holds: the fit resumed at step 6 ranks step 8 by epoch 0's validation, as the uninterrupted run does
+    def checkpoint():
+        return ModelCheckpoint(
+            monitor="validation/loss", every_n_steps=2, every_n_epochs=0, save_top_k=2, save_last=True,
+            filename="s{step}",
+        )
+
+    script = [0.1, 0.5, 0.5]
+    reference = checkpoint()
+    fit(reference, tmp_path / "reference", aggregate=Scripted(script))
+    with pytest.raises(_CrashAtTrained):
+        fit(checkpoint(), tmp_path / "resumed", aggregate=Scripted(script), callbacks=[_CrashAtStep(7)])
+    resumed = checkpoint()
+    trainer, _ = fit(resumed, tmp_path / "resumed", aggregate=Scripted(script), ckpt_path="last")
+    assert names(tmp_path / "reference" / "checkpoints") == ["last.ckpt", "s6.ckpt", "s8.ckpt"]
+    assert names(tmp_path / "resumed" / "checkpoints") == ["last.ckpt", "s6.ckpt", "s8.ckpt"]
+    assert list(resumed.best_k_models.values()) == list(reference.best_k_models.values())
