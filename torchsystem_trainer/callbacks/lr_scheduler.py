@@ -14,9 +14,12 @@ When the scheduler steps:
 ``interval="epoch"``                at the end of every ``frequency``-th epoch (``Iterated``, after the end-of-epoch
                                     validation and the aggregate's ``onepoch``)
 ``monitor="validation/loss"``       ``interval="epoch"`` only: at ``Iterated``, ``scheduler.step(value)`` with the
-                                    epoch's value of ``monitor`` (``ReduceLROnPlateau``); an epoch whose monitored
-                                    phase did not run is not a check and the scheduler does not step (the rule of
-                                    ``EarlyStopping``, :mod:`~torchsystem_trainer.callbacks.monitor`)
+                                    epoch's latest value of ``monitor`` (``ReduceLROnPlateau``): its end-of-epoch
+                                    validation's, else its latest mid-epoch validation's (``val_check_interval``;
+                                    ``trainer.callback_metrics``, as Lightning reads the latest value); an epoch
+                                    whose monitored phase did not run is not a check and the scheduler does not
+                                    step (the rule of ``EarlyStopping``,
+                                    :mod:`~torchsystem_trainer.callbacks.monitor`)
 ==================================  =============================================================================
 
 A scheduler stepped both by the aggregate (in its ``fit`` or ``onepoch``) and by this callback is refused: the
@@ -189,7 +192,8 @@ class LearningRateScheduler(Callback):
         if self.monitor is None:
             self._step(event.trainer, None)
             return
-        value = monitored_value(self._owner, self.monitor, event.results)
+        # the epoch's latest value: its end-of-epoch validation's, else its latest mid-epoch validation's
+        value = monitored_value(self._owner, self.monitor, event.trainer.callback_metrics)
         if value is not None:
             self._step(event.trainer, value)
 

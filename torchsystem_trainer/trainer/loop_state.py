@@ -67,8 +67,9 @@ class LoopState:
         sanity_checking: the sanity check (``num_sanity_val_steps``) is running (Lightning's
             ``trainer.sanity_checking``).
         callback_metrics: the last finished epoch's results, ``{"<phase>/<name>": float}``, updated with each
-            mid-epoch validation's ``"validation/<name>"`` results as it ends (saved: a resumed fit's step
-            checkpoints are ranked as the uninterrupted run's).
+            mid-epoch validation's ``"validation/<name>"`` results as it ends, and keeping the epoch's latest ones
+            at its end when the end does not validate (saved: a resumed fit's step checkpoints are ranked as the
+            uninterrupted run's).
         world_size, global_rank: the processes of the run this state belongs to (set by :meth:`begin`).
     """
 
