@@ -124,12 +124,17 @@ class LoopState:
         self.world_size, self.global_rank = world_size, global_rank
         self._results = {}
 
-    def results(self, phase: str) -> PhaseResults:
-        """The running results of ``phase`` in this run, created (with a clone of the metrics) at first use."""
+    def results(self, phase: str, of: str | None = None) -> PhaseResults:
+        """The running results of ``phase`` in this run, created (with a clone of the metrics) at first use.
+
+        Args:
+            phase: the slot (a phase's name, or another name for results kept apart, as the sanity check's).
+            of: the phase the results are of, as messages and keys name it (default ``phase``).
+        """
         results = self._results.get(phase)
         if results is None:
             metrics = None if self._metrics is None else self._metrics.clone().to(self._device)
-            results = self._results[phase] = PhaseResults(metrics, self._device, phase)
+            results = self._results[phase] = PhaseResults(metrics, self._device, of or phase)
         return results
 
     def step_values(self, phase: str) -> dict[str, LoggedValue]:
