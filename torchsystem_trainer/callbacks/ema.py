@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_of
+from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_at_fit_end
 from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.events import (
     BatchTrained,
@@ -141,7 +141,7 @@ class EMA(Callback):
         self._swap_back()
         self._fitting = False
         if event.reason in _KEEPS_AVERAGE and self._has_average():
-            self._trained = weights_of(event.aggregate)
+            self._trained = weights_at_fit_end(event)  # before any callback replaced them
             self.averaged.copy_to_aggregate()  # type: ignore[union-attr]
 
     def _has_average(self) -> bool:
