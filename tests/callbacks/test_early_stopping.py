@@ -157,7 +157,7 @@ def test_state_is_plain_data_and_round_trips(tmp_path):
     assert state == {
         "monitor": "validation/loss", "mode": "min", "patience": 1, "wait_count": 1,
         "best_score": pytest.approx(1.0), "stopped_epoch": 1, "stopping_reason": stopping.stopping_reason,
-        "best_epoch": 0, "best_weights": None,
+        "best_epoch": 0, "best_weights": None, "trained_weights": None,
     }
     restored = EarlyStopping(patience=1)
     restored.load_state_dict(state)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from tests.callbacks.test_early_stopping import Scripted, fit
-from tests.conftest import make_data
+from tests.checkpoint.helpers import same_weights
+from tests.conftest import Classifier, make_data
 from torchsystem_trainer import Trainer
-from torchsystem_trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torchsystem_trainer.callbacks import EMA, Callback, EarlyStopping, ModelCheckpoint
 
 
 class Weights(Callback):
@@ -131,3 +132,43 @@ def test_start_from_epoch_ignores_the_warm_up_epochs(tmp_path):
 def test_start_from_epoch_is_checked():
     with pytest.raises(ValueError, match=r"start_from_epoch=-1 is invalid; valid: an int >= 0"):
         EarlyStopping(start_from_epoch=-1)
+
+
+class _Scripted(Classifier):
+    """Its validation loss at epoch ``e`` is ``LOSSES[e]``: epoch 0 is the best of the first two, epoch 3 of all."""
+
+    LOSSES = (0.5, 0.9, 0.4, 0.3)
+
+    def evaluate(self, inputs, targets):
+        predictions, _ = super().evaluate(inputs, targets)
+        return predictions, torch.tensor(self.LOSSES[self.epoch])
+
+
+def _fit_scripted(callbacks, max_epochs, ckpt_path=None, save=None):
+    torch.manual_seed(0)
+    aggregate = _Scripted()
+    trainer = Trainer(callbacks=callbacks, max_epochs=max_epochs, enable_progress_bar=False, seed=1)
+    data = make_data()
+    trainer.fit(aggregate, [("train", data), ("validation", data)], ckpt_path=ckpt_path)
+    if save is not None:
+        trainer.save_checkpoint(save)
+    return aggregate
+
+
+@pytest.mark.parametrize("order", ["early-stopping-only", "ema-first", "early-stopping-first"])
+def test_a_checkpoint_written_after_the_best_weights_were_restored_resumes_from_the_trained_ones(tmp_path, order):
+    # the first fit ends with epoch 0's weights restored (and EMA's average, in the order the callbacks give); a fit
+    # resumed from a checkpoint written then continues from the weights training reached, as the uninterrupted run
+    # does, whichever weight-replacing callback comes first
+    def callbacks():
+        stopping = EarlyStopping(monitor="validation/loss", patience=10, restore_best_weights=True)
+        return {
+            "early-stopping-only": [stopping],
+            "ema-first": [EMA(decay=0.5), stopping],
+            "early-stopping-first": [stopping, EMA(decay=0.5)],
+        }[order]
+
+    reference = _fit_scripted(callbacks(), max_epochs=4)
+    _fit_scripted(callbacks(), max_epochs=2, save=tmp_path / "end.ckpt")
+    resumed = _fit_scripted(callbacks(), max_epochs=4, ckpt_path=tmp_path / "end.ckpt")
+    assert same_weights(resumed, reference)

@@ -149,3 +149,15 @@ def test_a_checkpoint_of_another_decay_is_refused(tmp_path):
 def test_arguments_are_checked(arguments, message):
     with pytest.raises(ValueError, match=message):
         EMA(**arguments)
+
+
+def test_a_stand_alone_validate_runs_with_the_aggregates_weights(tmp_path):
+    # validation with the average is the fit's: after a fit, validate() evaluates the weights the aggregate holds
+    # (those of ckpt_path when given), as test() does; it never swaps in the average of the fit that ended
+    aggregate, trainer = fit(EMA(decay=0.5), epochs=2)
+    path = trainer.save_checkpoint(tmp_path / "final.ckpt")
+    with torch.no_grad():
+        aggregate.nn.weight[0].add_(1.0)  # the aggregate's weights now differ from the fit's average
+    data = make_data(seed=1)
+    assert trainer.validate(aggregate, data) == trainer.test(aggregate, data)
+    assert trainer.validate(aggregate, data, ckpt_path=path) == trainer.test(aggregate, data, ckpt_path=path)

@@ -293,3 +293,26 @@ def test_the_lr_finder_never_steps_a_trainer_owned_scheduler():
     finder = Tuner(trainer).lr_find(aggregate, make_data(samples=64), num_training=10, early_stop_threshold=None)
     assert len(finder.results["lr"]) == 10
     assert scheduler.state_dict() == before
+
+
+def test_reduce_on_plateau_steps_at_each_epochs_end_with_its_latest_mid_epoch_validation():
+    # validations every 3 training batches across epochs of 4 (steps 3, 6, 9 and 12): epochs 0 and 1 validate only
+    # in their middle, and their end still steps the scheduler, with that validation's value (Lightning reads the
+    # latest value then), as trainer.callback_metrics holds it
+    losses = iter([1.0, 2.0, 3.0, 4.0])
+
+    class Worse(Classifier):
+        def evaluate(self, inputs, targets):
+            predictions, _ = super().evaluate(inputs, targets)
+            return predictions, torch.tensor(next(losses))  # one validation batch
+
+    data = make_data()
+    aggregate = Worse(lr=1.0)
+    plateau = ReduceLROnPlateau(aggregate.optimizer, patience=0, factor=0.5)
+    trainer, _ = fit(
+        aggregate, LearningRateScheduler(plateau, monitor="validation/loss"), [("train", data), ("validation", data[:1])],
+        max_epochs=3, num_sanity_val_steps=0, val_check_interval=3, check_val_every_n_epoch=None,
+    )
+    assert plateau.last_epoch == 3  # the ends of epochs 0, 1 and 2, with the losses of steps 3, 6 and 12
+    assert trainer.callback_metrics["validation/loss"] == 4.0
+    assert aggregate.optimizer.param_groups[0]["lr"] == 0.25  # 1.0 best, 2.0 worse (x0.5), 4.0 worse (x0.5)

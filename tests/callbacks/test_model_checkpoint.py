@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import Classifier, make_data
 from torchsystem_trainer import Trainer
-from torchsystem_trainer.callbacks import EarlyStopping, ModelCheckpoint, MonitorError, checkpoint_writes
+from torchsystem_trainer.callbacks import Callback, EarlyStopping, ModelCheckpoint, MonitorError, checkpoint_writes
 from torchsystem_trainer.checkpoint import CheckpointError
 
 
@@ -309,3 +309,62 @@ def test_last_refuses_a_folder_of_only_broken_checkpoints(tmp_path):
     with pytest.warns(UserWarning, match="not a usable checkpoint"), pytest.raises(CheckpointError, match="none is usable"):
         trainer.fit(Classifier(), make_data(), ckpt_path="last")
     assert (folder / "epoch=0-step=4.ckpt").read_bytes() == b"not a checkpoint"
+
+
+class _CrashAtTrained(Exception):
+    pass
+
+
+class _Crash(Callback):
+    """Raises at the first ``Trained``: the process dies after the step checkpoint of the epoch's last batch."""
+
+    def on_trained(self, event):
+        raise _CrashAtTrained
+
+
+def test_a_resumed_epoch_checkpoint_at_the_step_of_the_step_checkpoint_replaces_it(tmp_path):
+    # the step checkpoint of step 4 (the epoch's last batch) is written, then the process dies before the epoch's
+    # end; the resumed fit's epoch checkpoint at that same step replaces it, as in the uninterrupted run
+    def checkpoint():
+        return ModelCheckpoint(every_n_steps=4, every_n_epochs=1, save_top_k=-1, save_last=True)
+
+    fit(checkpoint(), tmp_path / "reference", max_epochs=2)
+    with pytest.raises(_CrashAtTrained):
+        fit(checkpoint(), tmp_path / "resumed", max_epochs=2, callbacks=[_Crash()])
+    assert names(tmp_path / "resumed" / "checkpoints") == ["epoch=0-step=4.ckpt", "last.ckpt"]
+    resumed = checkpoint()
+    fit(resumed, tmp_path / "resumed", max_epochs=2, ckpt_path="last")
+    expected = ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt", "last.ckpt"]
+    assert names(tmp_path / "reference" / "checkpoints") == expected
+    assert names(tmp_path / "resumed" / "checkpoints") == expected
+    assert list(resumed.best_k_models) == [str(tmp_path / "resumed" / "checkpoints" / n) for n in expected[:2]]
+
+
+class _CrashAtStep(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch_trained(self, event):
+        if event.step == self.step:
+            raise _CrashAtTrained
+
+
+def test_step_checkpoints_rank_alike_in_a_resumed_fit(tmp_path):
+    # a step checkpoint is ranked by trainer.callback_metrics (the latest validation's results), which a checkpoint
+    # holds: the fit resumed at step 6 ranks step 8 by epoch 0's validation, as the uninterrupted run does
+    def checkpoint():
+        return ModelCheckpoint(
+            monitor="validation/loss", every_n_steps=2, every_n_epochs=0, save_top_k=2, save_last=True,
+            filename="s{step}",
+        )
+
+    script = [0.1, 0.5, 0.5]
+    reference = checkpoint()
+    fit(reference, tmp_path / "reference", aggregate=Scripted(script))
+    with pytest.raises(_CrashAtTrained):
+        fit(checkpoint(), tmp_path / "resumed", aggregate=Scripted(script), callbacks=[_CrashAtStep(7)])
+    resumed = checkpoint()
+    trainer, _ = fit(resumed, tmp_path / "resumed", aggregate=Scripted(script), ckpt_path="last")
+    assert names(tmp_path / "reference" / "checkpoints") == ["last.ckpt", "s6.ckpt", "s8.ckpt"]
+    assert names(tmp_path / "resumed" / "checkpoints") == ["last.ckpt", "s6.ckpt", "s8.ckpt"]
+    assert list(resumed.best_k_models.values()) == list(reference.best_k_models.values())

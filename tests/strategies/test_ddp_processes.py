@@ -364,3 +364,48 @@ def test_torchrun_nccl_bf16_mixed_on_two_gpus(tmp_path):
     rank0, rank1 = _torchrun(tmp_path, "cuda", "bf16-mixed")
     assert rank0["weights"] == rank1["weights"]
     assert rank0["metrics"] == rank1["metrics"]
+
+
+class StartWeights(Callback):
+    """The weights the aggregate holds when each fit starts (rank 0's come back to the caller)."""
+
+    def __init__(self) -> None:
+        self.start: torch.Tensor | None = None
+
+    def on_fit_started(self, event) -> None:
+        self.start = flat(event.aggregate).clone()
+
+    def state_dict(self) -> dict[str, object]:
+        return {"start": self.start}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.start = state["start"]
+
+
+def test_a_second_launched_fit_starts_afresh_as_one_process_does(tmp_path):
+    # the callbacks' states brought back from the processes are the first fit's outcome, not a checkpoint to resume:
+    # a second fit (no ckpt_path) starts a new History and a new average from the aggregate's weights, as it does in
+    # one process (it did continue the History and put EMA's trained weights back into the aggregate)
+    from torchsystem_trainer.callbacks import EMA, History
+
+    train, validation = datasets()
+    torch.manual_seed(SEED)
+    aggregate = Classifier()
+    history, start = History(), StartWeights()
+    trainer = Trainer(
+        strategy=DDPStrategy(devices=2, accelerator="cpu", start_method="forkserver", timeout=30),
+        callbacks=[EMA(decay=0.5), history, start],
+        max_epochs=2,
+        enable_progress_bar=False,
+        verbose=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    loaders = [("train", DataLoader(train, batch_size=4)), ("validation", DataLoader(validation, batch_size=3))]
+    trainer.fit(aggregate, loaders)
+    assert [record["epoch"] for record in history.epochs] == [0, 1]
+    after_first = flat(aggregate).clone()  # rank 0's final weights: the average
+    trainer.max_epochs = 4
+    trainer.fit(aggregate, loaders)
+    assert [record["epoch"] for record in history.epochs] == [2, 3]
+    assert torch.equal(start.start, after_first)

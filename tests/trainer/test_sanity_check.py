@@ -209,3 +209,16 @@ def test_a_buffer_a_module_creates_at_its_first_forward_is_still_usable_by_train
     aggregate = LazyScale()
     Trainer(max_epochs=1, enable_progress_bar=False).fit(aggregate, [("train", data), ("validation", data)])
     assert aggregate.epoch == 1 and not aggregate.scale.is_inference()
+
+
+def test_a_bad_log_call_in_the_check_names_the_validation_phase(data):
+    # the check runs the validation phase's evaluate: its errors name that phase, not the loop's slot for the check
+    class LogsLoss(Classifier):
+        def evaluate(self, inputs, targets):
+            predictions, loss = super().evaluate(inputs, targets)
+            self.log("loss", loss)
+            return predictions, loss
+
+    trainer = Trainer(max_epochs=1, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"'loss' is the Trainer's own loss in the 'validation' phase .*'validation/loss'"):
+        trainer.fit(LogsLoss(), [("train", data), ("validation", data)])

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.nn import Module, ParameterList
 from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["AveragedWeights", "copy_into", "weights_of"]
+__all__ = ["AveragedWeights", "copy_into", "weights_at_fit_end", "weights_of"]
 
 
 class _View(Module):
@@ -153,3 +153,28 @@ def copy_into(target: dict[str, Tensor], aggregate: Module) -> None:
             if key in target:
                 target[key].copy_(value)
 
+
+
+class _FitEndWeights:
+    """The snapshot :func:`weights_at_fit_end` took for the latest ``FitEnded`` event it was asked about."""
+
+    event: object = None
+    weights: dict[str, Tensor] = {}  # noqa: RUF012  # replaced, never mutated
+
+
+def weights_at_fit_end(event: object) -> dict[str, Tensor]:
+    """Copies of the weights a fit ended with, taken at the first call for this ``FitEnded`` event, before any
+    callback replaced them: the callbacks that give the aggregate other weights as a fit ends (``EMA``,
+    ``StochasticWeightAveraging``, ``EarlyStopping(restore_best_weights=True)``) all keep this one set as the trained
+    weights, whatever their order, so a fit resumed from a checkpoint written then continues from them.
+
+    Args:
+        event: the ``FitEnded`` event (its ``aggregate``).
+
+    Returns:
+        ``{state_dict key: tensor}``, shared by every caller for the same event (not to be changed in place).
+    """
+    if _FitEndWeights.event is not event:
+        _FitEndWeights.weights = weights_of(event.aggregate)  # type: ignore[attr-defined]
+        _FitEndWeights.event = event
+    return _FitEndWeights.weights

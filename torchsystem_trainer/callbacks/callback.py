@@ -66,7 +66,18 @@ from typing import Any, ClassVar
 from torchsystem_trainer.events import EVENTS
 from torchsystem_trainer.services import Consumer
 
-__all__ = ["HOOKS", "LIGHTNING_HOOKS", "Callback", "CallbackHookError", "hook_name"]
+__all__ = ["HOOKS", "LIGHTNING_HOOKS", "Callback", "CallbackHookError", "hook_name", "resumed"]
+
+
+def resumed(trainer: Any) -> bool:
+    """Whether the fit now starting resumed from a checkpoint (``trainer.ckpt_path`` is set before ``FitStarted``).
+
+    A stateful callback continues the state its ``load_state_dict`` was given only then: ``load_state_dict`` also
+    brings back the outcome of a fit that ran in other processes (a launched ``DDPStrategy``), and the next fit
+    without ``ckpt_path`` starts afresh, as it does in one process (Lightning restores callbacks only when
+    resuming a fit).
+    """
+    return getattr(trainer, "ckpt_path", None) is not None
 
 
 def hook_name(event: type) -> str:

@@ -10,8 +10,8 @@ from torch import Tensor
 from tqdm import tqdm
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.averaging import copy_into, weights_of
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.averaging import copy_into, weights_at_fit_end, weights_of
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.callbacks.monitor import Mode, check_mode, monitored_value, warn_never_seen
 from torchsystem_trainer.events import FitEnded, FitStarted, Iterated, MidEpochValidated
 
@@ -51,7 +51,9 @@ class EarlyStopping(Callback):
     another stop request or by any limit (``FitEnded`` reasons ``"stopped"``, ``"completed"``, ``"max_steps"``,
     ``"max_time"``), they are loaded back into the aggregate, bit for bit. Not after ``"interrupted"`` (the fit
     is to be resumed) or ``"exception"``. The copy lives on the training device, or on the CPU with
-    ``best_weights_on_cpu``; it is saved in checkpoints, so a resumed fit restores the same weights.
+    ``best_weights_on_cpu``; it is saved in checkpoints, so a resumed fit restores the same weights. The weights the
+    fit ended with are then kept in the state too, so a fit resumed from a checkpoint written after it
+    (``trainer.save_checkpoint``) continues from them, as ``EMA`` does.
 
     The state (``wait_count``, ``best_score``, ``stopped_epoch``, ``stopping_reason``, the best weights) is saved in
     checkpoints and restored on resume; the constructor's arguments (``patience``, thresholds...) are not
@@ -141,16 +143,20 @@ class EarlyStopping(Callback):
         self.best_weights: dict[str, Tensor] | None = None
         self.best_epoch: int | None = None
         self._checks = 0
+        self._trained: dict[str, Tensor] | None = None  # the weights the fit ended with, when it restored the best
 
     def on_fit_started(self, event: FitStarted) -> None:
         """Start from a fresh state, unless a checkpoint was just restored into this callback."""
-        if not self._restored:
+        if not (self._restored and resumed(event.trainer)):
             self._reset()
-        elif self.best_weights is not None and not self.best_weights_on_cpu:  # loaded on the CPU: back to the device
-            device = next((p.device for p in event.aggregate.parameters()), None)
-            if device is not None:
-                self.best_weights = {key: value.to(device) for key, value in self.best_weights.items()}
-        self._restored, self._checks = False, 0
+        else:
+            if self.best_weights is not None and not self.best_weights_on_cpu:  # loaded on the CPU: to the device
+                device = next((p.device for p in event.aggregate.parameters()), None)
+                if device is not None:
+                    self.best_weights = {key: value.to(device) for key, value in self.best_weights.items()}
+            if self._trained is not None:  # a checkpoint written after the fit restored the best weights
+                event.aggregate.load_state_dict(self._trained, strict=False)
+        self._restored, self._checks, self._trained = False, 0, None
 
     def on_iterated(self, event: Iterated) -> None:
         """Check the epoch's monitored value and stop the fit if a rule says so.
@@ -196,6 +202,7 @@ class EarlyStopping(Callback):
         """Load the best weights back (``restore_best_weights``, a fit that ended by a stop or a limit); warn when
         ``monitor`` was never in an epoch's results during the fit."""
         if self.restore_best_weights and self.best_weights is not None and event.reason not in _NO_RESTORE:
+            self._trained = weights_at_fit_end(event)  # before any callback replaced them
             event.aggregate.load_state_dict(self.best_weights, strict=False)
             self._say(event.trainer, f"restored the weights of epoch {self.best_epoch} ({self.monitor} = "
                                      f"{self.best_score:.6g})")
@@ -240,7 +247,8 @@ class EarlyStopping(Callback):
 
         Returns:
             ``{"monitor", "mode", "patience", "wait_count", "best_score", "best_epoch", "stopped_epoch",
-            "stopping_reason", "best_weights"}`` (``best_weights``: ``{key: tensor}`` or ``None``).
+            "stopping_reason", "best_weights", "trained_weights"}`` (``best_weights``: ``{key: tensor}`` or ``None``;
+            ``trained_weights``: the weights the fit ended with, after it restored the best ones, else ``None``).
         """
         return {
             "monitor": self.monitor,
@@ -252,6 +260,7 @@ class EarlyStopping(Callback):
             "stopping_reason": self.stopping_reason,
             "best_epoch": self.best_epoch,
             "best_weights": None if self.best_weights is None else dict(self.best_weights),
+            "trained_weights": self._trained,
         }
 
     @override
@@ -277,6 +286,7 @@ class EarlyStopping(Callback):
         self.best_epoch = state.get("best_epoch")
         saved = state.get("best_weights")
         self.best_weights = None if saved is None or not self.restore_best_weights else dict(saved)
+        self._trained = state.get("trained_weights")
         self._restored = True
 
 

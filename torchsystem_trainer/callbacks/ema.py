@@ -13,8 +13,8 @@ from torch import Tensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_of
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_at_fit_end
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.events import (
     BatchTrained,
     ExceptionRaised,
@@ -36,6 +36,8 @@ class EMA(Callback):
     * ``validate_with_ema``: each validation phase of a fit runs with the averaged weights (swapped in at
       ``PhaseStarted("validation")``, swapped back, bit for bit, at ``Validated`` or when the phase raises), so the
       monitored ``validation/...`` values, ``EarlyStopping`` and ``ModelCheckpoint``'s best file refer to them.
+      ``Trainer.validate`` outside a fit, like ``test``, evaluates the weights the aggregate holds (those of its
+      ``ckpt_path`` when given).
     * When the fit ends by a stop or a limit (``FitEnded`` reasons ``"completed"``, ``"max_steps"``, ``"max_time"``,
       ``"stopped"``), the aggregate is given the averaged weights: ``trainer.test`` and ``predict`` afterwards use
       them, and so does a checkpoint written then (``trainer.save_checkpoint``). The trained weights are kept in this
@@ -85,13 +87,14 @@ class EMA(Callback):
         self._trained: dict[str, Tensor] | None = None  # the weights the fit ended with, when it took the average
         self._loaded: dict[str, Any] | None = None
         self._swapped = False
+        self._fitting = False  # between FitStarted and FitEnded: validate()/test() outside a fit never swap
 
     # -- hooks ------------------------------------------------------------------------------------------
 
     def on_fit_started(self, event: FitStarted) -> None:
         """Create the average over the aggregate (set up on its device); put back a restored state."""
-        aggregate, loaded = event.aggregate, self._loaded
-        self._loaded, self._swapped = None, False
+        aggregate, loaded = event.aggregate, self._loaded if resumed(event.trainer) else None
+        self._loaded, self._swapped, self._fitting = None, False, True
         self.averaged = AveragedWeights(
             aggregate, use_buffers=self.use_buffers, multi_avg_fn=get_ema_multi_avg_fn(self.decay)
         )
@@ -113,8 +116,15 @@ class EMA(Callback):
         self._last_update_step = step
 
     def on_phase_started(self, event: PhaseStarted) -> None:
-        """Swap the averaged weights in for a validation phase (``validate_with_ema``)."""
-        if event.phase == "validation" and self.validate_with_ema and self._has_average() and not self._swapped:
+        """Swap the averaged weights in for a validation phase of a fit (``validate_with_ema``); a stand-alone
+        ``Trainer.validate`` evaluates the weights the aggregate holds, as ``test`` does."""
+        if (
+            event.phase == "validation"
+            and self._fitting
+            and self.validate_with_ema
+            and self._has_average()
+            and not self._swapped
+        ):
             self.averaged.swap()  # type: ignore[union-attr]
             self._swapped = True
 
@@ -129,8 +139,9 @@ class EMA(Callback):
     def on_fit_ended(self, event: FitEnded) -> None:
         """Give the aggregate the averaged weights when the fit ended by a stop or a limit."""
         self._swap_back()
+        self._fitting = False
         if event.reason in _KEEPS_AVERAGE and self._has_average():
-            self._trained = weights_of(event.aggregate)
+            self._trained = weights_at_fit_end(event)  # before any callback replaced them
             self.averaged.copy_to_aggregate()  # type: ignore[union-attr]
 
     def _has_average(self) -> bool:

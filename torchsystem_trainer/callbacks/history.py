@@ -6,7 +6,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.events import FitStarted, Iterated
 
 __all__ = ["History"]
@@ -35,7 +35,7 @@ class History(Callback):
 
     def on_fit_started(self, event: FitStarted) -> None:
         """Start an empty history, unless a checkpoint was just restored into this one."""
-        if not self._restored:
+        if not (self._restored and resumed(event.trainer)):
             self.epochs = []
         self._restored = False
 

@@ -14,9 +14,12 @@ When the scheduler steps:
 ``interval="epoch"``                at the end of every ``frequency``-th epoch (``Iterated``, after the end-of-epoch
                                     validation and the aggregate's ``onepoch``)
 ``monitor="validation/loss"``       ``interval="epoch"`` only: at ``Iterated``, ``scheduler.step(value)`` with the
-                                    epoch's value of ``monitor`` (``ReduceLROnPlateau``); an epoch whose monitored
-                                    phase did not run is not a check and the scheduler does not step (the rule of
-                                    ``EarlyStopping``, :mod:`~torchsystem_trainer.callbacks.monitor`)
+                                    epoch's latest value of ``monitor`` (``ReduceLROnPlateau``): its end-of-epoch
+                                    validation's, else its latest mid-epoch validation's (``val_check_interval``;
+                                    ``trainer.callback_metrics``, as Lightning reads the latest value); an epoch
+                                    whose monitored phase did not run is not a check and the scheduler does not
+                                    step (the rule of ``EarlyStopping``,
+                                    :mod:`~torchsystem_trainer.callbacks.monitor`)
 ==================================  =============================================================================
 
 A scheduler stepped both by the aggregate (in its ``fit`` or ``onepoch``) and by this callback is refused: the
@@ -45,7 +48,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.callbacks.monitor import monitored_value
 from torchsystem_trainer.callbacks.swa import StochasticWeightAveraging
 from torchsystem_trainer.events import BatchTrained, FitEnded, FitStarted, Iterated, Trained
@@ -154,7 +157,7 @@ class LearningRateScheduler(Callback):
                 f"{type(event.aggregate).__name__}'s ({', '.join(type(o).__name__ for o in optimizers) or 'none'}); "
                 f"build the scheduler over the aggregate's optimizer"
             )
-        if not self._restored:
+        if not (self._restored and resumed(event.trainer)):
             self.steps = 0
         self._restored, self._suspended = False, False
         self._counted = self._seen = self.steps
@@ -189,7 +192,8 @@ class LearningRateScheduler(Callback):
         if self.monitor is None:
             self._step(event.trainer, None)
             return
-        value = monitored_value(self._owner, self.monitor, event.results)
+        # the epoch's latest value: its end-of-epoch validation's, else its latest mid-epoch validation's
+        value = monitored_value(self._owner, self.monitor, event.trainer.callback_metrics)
         if value is not None:
             self._step(event.trainer, value)
 

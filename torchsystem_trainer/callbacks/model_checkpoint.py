@@ -382,12 +382,14 @@ class ModelCheckpoint(Callback):
         saved = (self._last_global_step_saved, self._last_path)
         last = folder / f"{self.LAST_NAME}{EXTENSION}"
         self._commit(kept, str(last) if self.save_last else self.last_model_path)
+        # before the state is taken: the file written now records itself as the latest save, so a fit resumed from
+        # it replaces it when its epoch ends at the same step (as the uninterrupted run does), rather than adding -v1
+        self._last_global_step_saved, self._last_path = step, path
         written = {"top_k": False}  # what the write got done: on an error, the bookkeeping is undone up to there
         undo = functools.partial(self._undo, previous, saved, written)
         background = self._background
         if collective and background is not None and not self.save_weights_only:
             background.sharded(trainer, aggregate, path, last if self.save_last else None, evicted, written, undo)
-            self._last_global_step_saved, self._last_path = step, path
             return
         if collective:
             try:
@@ -396,15 +398,14 @@ class ModelCheckpoint(Callback):
                 )
             except BaseException:
                 self.best_k_models, self.best_model_path, self.best_model_score, self.last_model_path = previous
+                self._last_global_step_saved, self._last_path = saved
                 raise
             if trainer.is_global_zero:
                 for old in evicted:
                     if old != path:
                         remove_checkpoint(Path(old))
-            self._last_global_step_saved, self._last_path = step, path
             return
         state = self._state(trainer, aggregate)
-        self._last_global_step_saved, self._last_path = step, path
         if background is not None:  # the training loop pauses only to copy the state into CPU memory
             background.files(state, path, last if self.save_last else None, evicted, written, undo)
             return
@@ -463,7 +464,8 @@ class ModelCheckpoint(Callback):
 
         Returns:
             ``{"dirpath", "monitor", "mode", "best_k_models", "best_model_path", "best_model_score",
-            "last_model_path", "last_global_step_saved"}``.
+            "last_model_path", "last_global_step_saved", "last_path"}`` (``last_path``: the top-k file of that
+            latest save, or ``None``).
         """
         return {
             "dirpath": None if self.dirpath is None else str(self.dirpath),
@@ -474,6 +476,7 @@ class ModelCheckpoint(Callback):
             "best_model_score": self.best_model_score,
             "last_model_path": self.last_model_path,
             "last_global_step_saved": self._last_global_step_saved,
+            "last_path": self._last_path,
         }
 
     @override
@@ -484,6 +487,7 @@ class ModelCheckpoint(Callback):
         self._loaded = dict(state)
         self._commit(dict(state["best_k_models"]), state["last_model_path"])
         self._last_global_step_saved = int(state["last_global_step_saved"])
+        self._last_path = state.get("last_path")  # None in a file written before it was saved
 
     def _reconcile(self, state: dict[str, Any]) -> None:
         saved = state["dirpath"]

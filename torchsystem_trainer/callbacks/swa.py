@@ -15,8 +15,8 @@ from torch.optim import Optimizer
 from torch.optim.swa_utils import SWALR, update_bn
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_of
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.averaging import AveragedWeights, weights_at_fit_end
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.events import EpochStarted, FitEnded, FitStarted, Trained
 from torchsystem_trainer.strategies.optimizer_step import find_optimizers, find_schedulers
 
@@ -111,7 +111,8 @@ class StochasticWeightAveraging(Callback):
         Raises:
             ValueError: see the class.
         """
-        trainer, aggregate, loaded = event.trainer, event.aggregate, self._loaded
+        trainer, aggregate = event.trainer, event.aggregate
+        loaded = self._loaded if resumed(trainer) else None
         self._loaded = None
         optimizers = find_optimizers(aggregate)
         if len(optimizers) != 1:
@@ -170,7 +171,7 @@ class StochasticWeightAveraging(Callback):
         if event.reason not in _KEEPS_AVERAGE or self.averaged is None or self.averaged.count == 0:
             return
         trainer, aggregate = event.trainer, event.aggregate
-        self._trained = weights_of(aggregate)
+        self._trained = weights_at_fit_end(event)  # before any callback replaced them
         self.averaged.copy_to_aggregate()
         loader = trainer.train_dataloader
         if loader is None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from torchsystem_trainer.callbacks.callback import Callback
+from torchsystem_trainer.callbacks.callback import Callback, resumed
 from torchsystem_trainer.events import (
     BatchTrained,
     FitEnded,
@@ -87,7 +87,7 @@ class Timer(Callback):
 
     def on_fit_started(self, event: FitStarted) -> None:
         """Start the fit's clock, from the restored times if a checkpoint was just restored, else from zero."""
-        if not self._restored:
+        if not (self._restored and resumed(event.trainer)):
             self._elapsed = {}
         self._restored, self._paused_train = False, False
         self._started = {"fit": time.monotonic()}

@@ -20,7 +20,8 @@ before anything is written), one section per owner of state, each asked through 
                                                                     # partial reductions of logged values)
             "generators": {phase: [uint8 tensor]},                  # other loaders' torch.Generator states
             "sampler_seeds": {phase: int},                          # DistributedSampler seeds
-            "validated_step": int | None}                           # the latest mid-epoch validation's step
+            "validated_step": int | None,                           # the latest mid-epoch validation's step
+            "callback_metrics": {key: float}}                       # trainer.callback_metrics
 
 A weights-only checkpoint (``ModelCheckpoint(save_weights_only=True)``, ``trainer.save_checkpoint(path,
 weights_only=True)``, :func:`~torchsystem_trainer.checkpoint.weights_state`) has ``"weights_only": True``, the

@@ -139,7 +139,7 @@ def run_epochs(run: Run, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]
                     empty.add(phase)
                     warn_empty(phase, "fit")
             flat.update({f"{phase}/{name}": value for name, value in results.items()})
-        loop.callback_metrics = flat
+        loop.callback_metrics = {**_mid_epoch_results(loop), **flat}
         progress.batch = 0
         try:
             progress.epoch = advance_epoch(aggregate)  # fires the aggregate's onepoch
@@ -152,6 +152,18 @@ def run_epochs(run: Run, aggregate: Any, loaders: list[tuple[str, Iterable[Any]]
         if reason is not None:
             return reason
     return "completed"
+
+
+def _mid_epoch_results(loop: Any) -> dict[str, float]:
+    """The results of this epoch's latest mid-epoch validation, which ``trainer.callback_metrics`` keeps at the epoch's
+    end when the end itself does not validate (a ``val_check_interval`` that does not divide the epoch, a stop in
+    its middle), as Lightning keeps the latest logged values: what an epoch-end consumer of ``callback_metrics``
+    reads (``LearningRateScheduler``'s monitor, a step checkpoint's rank); ``{}`` when none ran in this epoch."""
+    progress = loop.progress
+    validated = loop.validated_step
+    if validated is None or validated <= progress.step - progress.batch:  # none since this epoch's first batch
+        return {}
+    return {key: value for key, value in loop.callback_metrics.items() if key.startswith("validation/")}
 
 
 def _validation_plan(

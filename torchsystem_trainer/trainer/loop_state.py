@@ -67,7 +67,9 @@ class LoopState:
         sanity_checking: the sanity check (``num_sanity_val_steps``) is running (Lightning's
             ``trainer.sanity_checking``).
         callback_metrics: the last finished epoch's results, ``{"<phase>/<name>": float}``, updated with each
-            mid-epoch validation's ``"validation/<name>"`` results as it ends.
+            mid-epoch validation's ``"validation/<name>"`` results as it ends, and keeping the epoch's latest ones
+            at its end when the end does not validate (saved: a resumed fit's step checkpoints are ranked as the
+            uninterrupted run's).
         world_size, global_rank: the processes of the run this state belongs to (set by :meth:`begin`).
     """
 
@@ -122,12 +124,17 @@ class LoopState:
         self.world_size, self.global_rank = world_size, global_rank
         self._results = {}
 
-    def results(self, phase: str) -> PhaseResults:
-        """The running results of ``phase`` in this run, created (with a clone of the metrics) at first use."""
+    def results(self, phase: str, of: str | None = None) -> PhaseResults:
+        """The running results of ``phase`` in this run, created (with a clone of the metrics) at first use.
+
+        Args:
+            phase: the slot (a phase's name, or another name for results kept apart, as the sanity check's).
+            of: the phase the results are of, as messages and keys name it (default ``phase``).
+        """
         results = self._results.get(phase)
         if results is None:
             metrics = None if self._metrics is None else self._metrics.clone().to(self._device)
-            results = self._results[phase] = PhaseResults(metrics, self._device, phase)
+            results = self._results[phase] = PhaseResults(metrics, self._device, of or phase)
         return results
 
     def step_values(self, phase: str) -> dict[str, LoggedValue]:
@@ -163,8 +170,9 @@ class LoopState:
         Returns:
             ``{"progress": {...}, "world_size": int, "global_rank": int, "should_stop": bool,
             "train": position | None, "train_results": PhaseResults.state_dict() | None,
-            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}, "validated_step": int | None}``;
-            ``"train"`` holds the global generators' states of this moment (``"rng"``) when the epoch is unfinished.
+            "generators": {phase: [uint8 tensor]}, "sampler_seeds": {phase: int}, "validated_step": int | None,
+            "callback_metrics": {key: float}}``; ``"train"`` holds the global generators' states of this moment
+            (``"rng"``) when the epoch is unfinished.
         """
         consumed = self.progress.batch
         train = self.loaders.get("train")
@@ -183,13 +191,16 @@ class LoopState:
                 phase: seed for phase, loader in self.loaders.items() if (seed := _sampler_seed(loader)) is not None
             },
             "validated_step": self.validated_step,
+            "callback_metrics": {str(key): float(value) for key, value in self.callback_metrics.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output: the counters, the stop request, the training loader's position
         (the next training phase starts at the saved batch), the epoch's training results, the other loaders'
-        generators, the ``DistributedSampler`` seeds and the latest mid-epoch validation's step (a file written
-        before it was saved: ``None``, so a validation due at the saved position runs). Call it after
+        generators, the ``DistributedSampler`` seeds, the latest mid-epoch validation's step (a file written
+        before it was saved: ``None``, so a validation due at the saved position runs) and ``callback_metrics`` (what
+        a step checkpoint is ranked by until the next validation; ``{}`` from a file written before it was saved).
+        Call it after
         :meth:`begin`, with :attr:`loaders` set.
 
         Everything is checked before anything changes.
@@ -215,10 +226,12 @@ class LoopState:
         progress.load_state_dict({**saved_progress, "batch": consumed})
         validated = state.get("validated_step")
         validated_step = None if validated is None else int(validated)
+        callback_metrics = {str(key): float(value) for key, value in state.get("callback_metrics", {}).items()}
         # checked: now change
         self.progress, self.position = progress, position
         self.should_stop = bool(state.get("should_stop", False))
         self.validated_step = validated_step
+        self.callback_metrics = callback_metrics
         if results is not None:
             self._results["train"] = results
         for phase, states in state.get("generators", {}).items():

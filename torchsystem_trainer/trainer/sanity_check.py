@@ -67,7 +67,8 @@ def sanity_check(run: Run, aggregate: Any, loader: Iterable[Any], steps: int, li
     try:
         bus.emit(SanityCheckStarted, source, aggregate, planned_batches(loader, batches))
         results = evaluate_batches(
-            run, aggregate, loader, loop.results(_RESULTS), "validation", batches, None, grad_mode=torch.no_grad
+            run, aggregate, loader, loop.results(_RESULTS, "validation"), "validation", batches, None,
+            grad_mode=torch.no_grad,
         )
         bus.emit(SanityCheckEnded, source, aggregate, results)
     finally:

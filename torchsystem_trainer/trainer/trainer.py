@@ -258,7 +258,9 @@ class Trainer:
 
     @property
     def callback_metrics(self) -> dict[str, float]:
-        """The last finished epoch's results, ``{"<phase>/<name>": float}`` (Lightning's name)."""
+        """The last finished epoch's results, ``{"<phase>/<name>": float}`` (Lightning's name), with its latest
+        validation's when that ran in the middle of the epoch (``val_check_interval``); a mid-epoch validation updates
+        it as it ends."""
         return self.loop.callback_metrics
 
     @property
