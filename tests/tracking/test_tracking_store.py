@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,26 @@ def test_opening_twice_creates_once_and_keeps_the_rows(sqlite_url: str) -> None:
     engine = open_engine(sqlite_url)
     with engine.connect() as connection:
         assert connection.execute(select(schema.experiments.c.name)).scalars().all() == ["kept"]
+    engine.dispose()
+
+
+def test_a_new_store_another_process_is_creating_is_waited_for_not_failed(tmp_path: Path) -> None:
+    # Another process creating the same new file holds its lock before the file is in WAL mode; SQLite refuses a
+    # journal-mode change then at once ("database is locked", without the busy timeout): opening waits instead.
+    path = tmp_path / "runs.db"
+    creator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    creator.execute("BEGIN IMMEDIATE")
+    creator.execute("CREATE TABLE elsewhere (id INTEGER)")
+    released = threading.Timer(0.5, creator.execute, ("COMMIT",))
+    released.start()
+    try:
+        engine = open_engine(f"sqlite:///{path}", busy_timeout=10.0)
+    finally:
+        released.join()
+        creator.close()
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+        assert schema.schema_version.name in inspect(connection).get_table_names()
     engine.dispose()
 
 

@@ -13,6 +13,7 @@ pysqlite's transaction handling).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def _engine(url: URL, sqlite: bool, busy_timeout: float) -> Engine:
         connection.isolation_level = None  # the driver's own BEGIN handling off; "begin" below emits ours
         cursor = connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {milliseconds}")  # an int we computed, not user input
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _write_ahead_log(cursor, busy_timeout)
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
@@ -152,6 +153,25 @@ def _engine(url: URL, sqlite: bool, busy_timeout: float) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _write_ahead_log(cursor: Any, busy_timeout: float) -> None:
+    """Put the database in WAL mode (a setting the file keeps), waiting up to ``busy_timeout`` seconds for it.
+
+    SQLite answers a journal-mode change that another connection's lock blocks (another process creating the same
+    new store) with "database is locked" at once, without its busy handler, so the change is retried here.
+    """
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return  # another process set it already: nothing to change, no lock needed
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _ensure_schema(engine: Engine, shown: str) -> None:
