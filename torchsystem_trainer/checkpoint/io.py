@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "load_file", "save_atomic", "verify_archive"]
+__all__ = ["CheckpointError", "fsync_folder", "load_file", "save_atomic", "verify_archive"]
 
 _CHUNK = 1 << 20  # bytes read at a time when checking CRCs
 _CRC_SWITCH = threading.Lock()  # held during torch.save: the process-wide CRC option is read as a save starts
@@ -73,7 +73,7 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_folder(destination.parent)
+    fsync_folder(destination.parent)
     return destination
 
 
@@ -94,7 +94,8 @@ def _crc32_on() -> Iterator[None]:
             torch.serialization.set_crc32_options(previous)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to disk; a platform that cannot open folders skips it."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:  # some platforms cannot open folders

@@ -49,7 +49,7 @@ import torch.distributed as dist
 from torch.nn import Module
 
 from torchsystem_trainer.checkpoint.aggregate import aggregate_state, check_plain, optimizers_of
-from torchsystem_trainer.checkpoint.io import CheckpointError, save_atomic
+from torchsystem_trainer.checkpoint.io import CheckpointError, fsync_folder, save_atomic
 from torchsystem_trainer.checkpoint.rng import rng_state
 from torchsystem_trainer.checkpoint.state import (
     FORMAT,
@@ -232,22 +232,9 @@ def _commit(temporary: Path, destination: Path) -> None:
         old = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.old")
         os.replace(destination, old)  # a crash from here to the next line leaves it there: see newest_checkpoint
     os.replace(temporary, destination)
-    _fsync_folder(destination.parent)
+    fsync_folder(destination.parent)
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def copy_sharded(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:

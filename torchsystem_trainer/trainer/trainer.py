@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import inspect
 import os
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch.nn import Module
 
@@ -47,11 +46,13 @@ from torchsystem_trainer.profilers import SimpleProfiler, resolve_profiler
 from torchsystem_trainer.services import Consumer
 from torchsystem_trainer.strategies import CLIP_ALGORITHMS, Strategy, resolve_strategy
 from torchsystem_trainer.trainer import arguments as check
+from torchsystem_trainer.trainer.callback_list import arrange_callbacks, is_checkpointer
 from torchsystem_trainer.trainer.dispatch import EventBus
 from torchsystem_trainer.trainer.fit_loop import FitLimits, fit_order, loader_length, run_epochs, warn_empty
 from torchsystem_trainer.trainer.loaders import normalize_loaders
 from torchsystem_trainer.trainer.logged import bind_log
 from torchsystem_trainer.trainer.loop_state import LoopState
+from torchsystem_trainer.trainer.outcome import Outcome, apply_outcome, outcome_state
 from torchsystem_trainer.trainer.phases import Run, evaluate_phase, predict_phase
 from torchsystem_trainer.trainer.progress import Progress
 from torchsystem_trainer.trainer.results import build_metrics
@@ -208,19 +209,16 @@ class Trainer:
         self.metrics = build_metrics(metrics)
         self.profiler: SimpleProfiler | None = resolve_profiler(profiler)
         self.strategy: Strategy = resolve_strategy(strategy, precision)
-        callbacks = self._with_progress_bar(list(callbacks or ()), enable_progress_bar)
-        summary, console = type(self).default_model_summary, type(self).default_console
-        callbacks = _with_default(callbacks, summary, "is_model_summary", enable_model_summary, "enable_model_summary")
-        callbacks = _with_default(callbacks, console, "is_console_lines", verbose, "verbose")
-        # Checkpoint callbacks run last, so the state they save includes every other callback's update of the
-        # same event (Lightning does the same; its issue #1464); only callbacks that report on them (ConsoleLines)
-        # run after them.
-        self.callbacks: list[Consumer] = sorted(
-            callbacks,
-            key=lambda c: (
-                bool(getattr(c, "runs_after_checkpoints", False)),
-                _is_checkpointer(c),
-            ),
+        # checkpoint callbacks run last, so the state they save includes every other callback's update of the
+        # same event; only callbacks that report on them (ConsoleLines) run after them
+        self.callbacks: list[Consumer] = arrange_callbacks(
+            list(callbacks or ()),
+            enable_progress_bar=enable_progress_bar,
+            progress_bar=type(self).default_progress_bar,
+            enable_model_summary=enable_model_summary,
+            model_summary=type(self).default_model_summary,
+            verbose=verbose,
+            console=type(self).default_console,
         )
         self._subscriptions = check.subscriptions(self.callbacks)
 
@@ -515,43 +513,16 @@ class Trainer:
         processes (the strategy started them), apply rank 0's outcome to this Trainer: the loop's counters, stop
         flags and ``callback_metrics``, the strategy's state and every stateful callback's (so ``ModelCheckpoint``'s
         ``best_model_path`` is known here). The launcher itself brings back the result and the aggregate's state."""
-        outcome: _Outcome = self.strategy.launch(self._in_process, os.getpid(), function, *args)
+        outcome: Outcome = self.strategy.launch(self._in_process, os.getpid(), function, *args)
         if outcome.state is not None:
-            self._apply_outcome(outcome.state)
+            apply_outcome(self, outcome.state)
         return outcome.result  # type: ignore[no-any-return]
 
-    def _in_process(self, caller: int, function: Callable[..., Any], *args: Any) -> _Outcome:
+    def _in_process(self, caller: int, function: Callable[..., Any], *args: Any) -> Outcome:
         """What every process runs: ``function``; in a process other than the caller's, its outcome goes with the
         result (a bound method of this Trainer: ``spawn`` pickles it with the Trainer)."""
         result = function(*args)
-        return _Outcome(result, None if os.getpid() == caller else self._outcome_state())
-
-    def _outcome_state(self) -> dict[str, Any]:
-        loop = self.loop
-        return {
-            "progress": loop.progress.state_dict(),
-            "should_stop": loop.should_stop,
-            "stop_signalled": loop.stop_signalled,
-            "interrupted": loop.interrupted,
-            "received_signal": loop.received_signal,
-            "callback_metrics": dict(loop.callback_metrics),
-            "strategy": self.strategy.state_dict(),
-            "callbacks": [
-                callback.state_dict() if _is_stateful(callback) else None  # type: ignore[attr-defined]
-                for callback in self.callbacks
-            ],
-        }
-
-    def _apply_outcome(self, state: dict[str, Any]) -> None:
-        loop = self.loop
-        loop.progress.load_state_dict(state["progress"])
-        loop.should_stop, loop.stop_signalled = state["should_stop"], state["stop_signalled"]
-        loop.interrupted, loop.received_signal = state["interrupted"], state["received_signal"]
-        loop.callback_metrics = state["callback_metrics"]
-        self.strategy.load_state_dict(state["strategy"])
-        for callback, saved in zip(self.callbacks, state["callbacks"], strict=True):
-            if saved is not None:
-                callback.load_state_dict(saved)  # type: ignore[attr-defined]
+        return Outcome(result, None if os.getpid() == caller else outcome_state(self))
 
     def _start(self, aggregate: Any, profiler: SimpleProfiler | None = None) -> None:
         """What every entry point does first, in every process: set up the strategy, the event bus and the loop's
@@ -562,7 +533,7 @@ class Trainer:
         kept = [
             (callback, table)
             for callback, table in zip(self.callbacks, self._subscriptions, strict=True)
-            if zero or not getattr(callback, "rank_zero_only", False) or (sharded and _is_checkpointer(callback))
+            if zero or not getattr(callback, "rank_zero_only", False) or (sharded and is_checkpointer(callback))
         ]
         wrap = None if profiler is None else profiler.wrap
         self._bus = EventBus([c for c, _ in kept], [t for _, t in kept], wrap)
@@ -701,55 +672,3 @@ class Trainer:
         finally:
             bind_log(aggregate, None)
             self.strategy.teardown(aggregate)
-
-    def _with_progress_bar(self, callbacks: list[Consumer], enabled: bool | None) -> list[Consumer]:
-        has_bar = any(getattr(callback, "is_progress_bar", False) for callback in callbacks)
-        if enabled is False and has_bar:
-            raise ValueError("enable_progress_bar=False, but callbacks holds a progress bar: remove one of them")
-        if enabled is None:
-            enabled = sys.stderr.isatty()  # where tqdm draws
-        if enabled and not has_bar:
-            factory = type(self).default_progress_bar
-            if factory is None:
-                raise ValueError(
-                    "enable_progress_bar=True, but no progress bar is known to the Trainer; import "
-                    "torchsystem_trainer (which provides torchsystem_trainer.callbacks.ProgressBar) or give one in "
-                    "callbacks"
-                )
-            callbacks.append(factory())
-        return callbacks
-
-
-class _Outcome(NamedTuple):
-    """What a process's run hands back: ``result``, and the Trainer's outcome when it ran in another process."""
-
-    result: Any
-    state: dict[str, Any] | None
-
-
-def _is_checkpointer(callback: Any) -> bool:
-    """Whether ``callback`` writes checkpoints (it finds them for ``ckpt_path="last"``: ``ModelCheckpoint``)."""
-    return callable(getattr(callback, "checkpoint_path", None))
-
-
-def _is_stateful(callback: Any) -> bool:
-    return callable(getattr(callback, "state_dict", None)) and callable(getattr(callback, "load_state_dict", None))
-
-
-def _with_default(
-    callbacks: list[Consumer], factory: Callable[[], Consumer] | None, flag: str, enabled: bool, argument: str
-) -> list[Consumer]:
-    """Add ``factory()`` when ``enabled`` and no callback says ``flag``; refuse one given with ``enabled=False``."""
-    if not isinstance(enabled, bool):
-        raise TypeError(f"Trainer: {argument}={enabled!r} is invalid; valid: True or False")
-    given = [callback for callback in callbacks if getattr(callback, flag, False)]
-    if not enabled and given:
-        raise ValueError(f"{argument}=False, but callbacks holds a {type(given[0]).__name__}: remove one of them")
-    if enabled and not given:
-        if factory is None:
-            raise ValueError(
-                f"{argument}=True, but the Trainer knows no default for it; import torchsystem_trainer (which "
-                "provides the callbacks' defaults) or pass {argument}=False"
-            )
-        callbacks.append(factory())
-    return callbacks
