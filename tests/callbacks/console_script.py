@@ -1,14 +1,18 @@
-"""A fit whose stderr the console tests redirect to a file: ``python -m tests.callbacks.console_script SCENARIO DIR``.
+"""Fits whose stderr goes to a file, as under CI: ``python -m tests.callbacks.console_script DIR SCENARIO...``.
 
-Prints, on stdout, one JSON line: the results of every epoch and test (so the test can format the expected lines).
+Runs the scenarios one after the other in this process (one interpreter start for all); each writes in
+``DIR/SCENARIO``: ``stderr.txt``, what the fit printed (file descriptor 2 redirected there), and ``out.json``, the
+results of every epoch and test (so the test can format the expected lines).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -84,8 +88,28 @@ def main(scenario: str, folder: Path) -> None:
     if scenario == "completed":
         trainer.test(aggregate, data[:2])
         trainer.validate(aggregate, data[:1])
-    print(json.dumps({"epochs": results.epochs, "tests": results.tests, "best": checkpoint.best_model_score}))
+    out = {"epochs": results.epochs, "tests": results.tests, "best": checkpoint.best_model_score}
+    (folder / "out.json").write_text(json.dumps(out))
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 2 (where ``sys.stderr`` writes) to ``path`` for the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "w") as file:
+        os.dup2(file.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+    root = Path(sys.argv[1])
+    for name in sys.argv[2:]:
+        (root / name).mkdir(parents=True)
+        with stderr_to(root / name / "stderr.txt"):
+            main(name, root / name)

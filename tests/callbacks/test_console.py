@@ -21,14 +21,24 @@ ROOT = Path(__file__).resolve().parents[2]
 TIME = r"\d+\.\d\d s"
 
 
-def run(scenario: str, folder: Path) -> tuple[list[str], dict]:
-    """Run the console script with stderr redirected to a file; return stderr's lines and the script's results."""
-    with open(folder / "stderr.txt", "w") as err:
-        done = subprocess.run(
-            [sys.executable, "-m", "tests.callbacks.console_script", scenario, str(folder)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, timeout=120, check=True,
-        )
-    return (folder / "stderr.txt").read_text().splitlines(), json.loads(done.stdout.splitlines()[-1])
+SCENARIOS = ["completed", "resume", "early", "max_steps", "max_time", "interrupt", "exception"]
+
+
+@pytest.fixture(scope="module")
+def console_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every scenario of the console script, run once in one process with stderr going to files."""
+    root = tmp_path_factory.mktemp("console")
+    subprocess.run(
+        [sys.executable, "-m", "tests.callbacks.console_script", str(root), *SCENARIOS],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )
+    return root
+
+
+def run(scenario: str, root: Path) -> tuple[list[str], dict, Path]:
+    """A scenario's stderr lines, the script's results, and the folder it wrote in."""
+    folder = root / scenario
+    return (folder / "stderr.txt").read_text().splitlines(), json.loads((folder / "out.json").read_text()), folder
 
 
 def matches(lines: list[str], patterns: list[str]) -> None:
@@ -42,18 +52,18 @@ def epoch_line(k: int, total: int, step: int, results: dict[str, float]) -> str:
 
 
 @pytest.mark.slow
-def test_a_completed_fit_its_tests_and_where_the_files_went(tmp_path):
-    lines, out = run("completed", tmp_path)
+def test_a_completed_fit_its_tests_and_where_the_files_went(console_runs):
+    lines, out, folder = run("completed", console_runs)
     first, second = out["epochs"]
     assert first.keys() == {"train/loss", "validation/loss"}
     matches(lines, [
         epoch_line(1, 2, 4, first),
         epoch_line(2, 2, 8, second),
         r"Fit completed at epoch 2/2, step 8 in " + TIME,
-        re.escape(f"Checkpoints: {tmp_path / 'checkpoints'} (best: epoch=1-step=8.ckpt, "
+        re.escape(f"Checkpoints: {folder / 'checkpoints'} (best: epoch=1-step=8.ckpt, "
                   f"validation/loss={format_number(out['best'])}; last: last.ckpt)"),
-        re.escape(f"Logs: {tmp_path / 'tb' / 'Classifier' / 'version_0'} (TensorBoardLogger), "
-                  f"{tmp_path / 'csv' / 'Classifier' / 'version_0'} (CSVLogger)"),
+        re.escape(f"Logs: {folder / 'tb' / 'Classifier' / 'version_0'} (TensorBoardLogger), "
+                  f"{folder / 'csv' / 'Classifier' / 'version_0'} (CSVLogger)"),
         re.escape(f"test: loss={format_number(out['tests'][0]['loss'])} | ") + TIME,
         r"validate: loss=\d\.\d+ \| " + TIME,
     ])
@@ -61,10 +71,10 @@ def test_a_completed_fit_its_tests_and_where_the_files_went(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_fit_says_from_where(tmp_path):
-    lines, out = run("resume", tmp_path)
+def test_a_resumed_fit_says_from_where(console_runs):
+    lines, out, folder = run("resume", console_runs)
     matches(lines, [
-        re.escape(f"Resumed from {tmp_path / 'checkpoints' / 'last.ckpt'} at epoch 1/3, step 4"),
+        re.escape(f"Resumed from {folder / 'checkpoints' / 'last.ckpt'} at epoch 1/3, step 4"),
         epoch_line(2, 3, 8, out["epochs"][0]),
         epoch_line(3, 3, 12, out["epochs"][1]),
         r"Fit completed at epoch 3/3, step 12 in " + TIME,
@@ -91,12 +101,12 @@ def test_a_resumed_fit_says_from_where(tmp_path):
     ],
     ids=["early-stopping", "max-steps", "max-time", "signal", "exception"],
 )
-def test_each_way_a_fit_ends_has_its_line(tmp_path, scenario, ending, epochs):
-    lines, out = run(scenario, tmp_path)
+def test_each_way_a_fit_ends_has_its_line(console_runs, scenario, ending, epochs):
+    lines, out, folder = run(scenario, console_runs)
     lines = [line for line in lines if not re.match(r"\S+\.py:\d+: \w*Warning|  ", line)]  # a monitor never seen
     expected = [epoch_line(k, 5, step, results) for (k, step), results in zip(epochs, out["epochs"])]
     checkpoints = "none written" if scenario == "exception" else r".*last: last\.ckpt"
-    matches(lines, [*expected, ending, re.escape(f"Checkpoints: {tmp_path / 'checkpoints'} (") + checkpoints + r"\)"])
+    matches(lines, [*expected, ending, re.escape(f"Checkpoints: {folder / 'checkpoints'} (") + checkpoints + r"\)"])
 
 
 def fit(capfd, **arguments) -> str:
