@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import re
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,25 @@ def test_a_fit_that_starts_at_the_aggregates_epoch_says_so(capfd):
     lines = capfd.readouterr().err.splitlines()
     assert lines[0] == "Continuing Classifier at epoch 2/3, step 0"
     assert lines[1].startswith("epoch 3/3, step 4: train loss=") and lines[2].startswith("Fit completed at epoch 3/3")
+
+
+def test_the_exception_of_a_failed_fit_is_not_kept(capfd):
+    # the traceback holds the fit's frames: kept, it kept a loader's persistent workers alive until the cyclic GC,
+    # which then waited 5 s per worker to shut them down
+    class Marker:
+        pass
+
+    markers: list[weakref.ref] = []
+
+    class Failing(Classifier):
+        def fit(self, inputs, targets):
+            marker = Marker()  # only the failing frame holds it
+            markers.append(weakref.ref(marker))
+            raise RuntimeError("boom")
+
+    trainer = Trainer(max_epochs=1, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Failing(), make_data())
+    gc.collect()
+    assert markers and markers[0]() is None
+    assert "Failed at epoch 0/1" in capfd.readouterr().err

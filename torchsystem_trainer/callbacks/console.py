@@ -133,7 +133,9 @@ class ConsoleLines(Callback):
     def on_fit_ended(self, event: FitEnded) -> None:
         """How the fit ended, and where its files went."""
         trainer = event.trainer
-        self._write(_ending(trainer, event.aggregate, event.reason, self._exception, self._fit_started))
+        # let go of the exception: its traceback holds the fit's frames (loaders, their worker processes)
+        exception, self._exception = self._exception, None
+        self._write(_ending(trainer, event.aggregate, event.reason, exception, self._fit_started))
         for line in (_checkpoints(trainer), _logs(trainer)):
             if line:
                 self._write(line)
