@@ -3,7 +3,8 @@
 Adam's two moments: 3 x 4 bytes per parameter, 0.12 GB and 1.2 GB).
 
     python -m benchmarks.checkpoint                  # 10 M and 100 M parameters, 3 rounds of 4 checkpoints per variant
-    python -m benchmarks.checkpoint --quick          # a smoke run: a tiny network, 1 round of 2 checkpoints
+    python -m benchmarks.checkpoint --quick          # a smoke run: a tiny network, 1 round of 2 checkpoints, in
+                                                     # this process (no fresh process per variant: not a measurement)
 
 Per size and round, three fits of the same network on the same batches, each in a process of its own (``--variant``
 runs one), in an order rotated every round so that the machine's load drifts hit them alike: ``none`` (no
@@ -27,12 +28,14 @@ the spread (min-max) of the stalls is reported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,12 +101,11 @@ def run_variant(size: str, variant: str, checkpoints: int, every: int, folder: P
             folder, every_n_steps=every, save_top_k=1, save_last=True, async_save=variant == "async"
         )
         callbacks.append(checkpoint)
-        if variant == "async":
-            _time_background_writes(writes)
     trainer = Trainer(callbacks=callbacks, max_steps=steps, enable_progress_bar=False, enable_model_summary=False)
-    start = time.perf_counter()
-    trainer.fit(aggregate, batches)
-    fit_s = time.perf_counter() - start
+    with _timed_background_writes(writes) if variant == "async" else contextlib.nullcontext():
+        start = time.perf_counter()
+        trainer.fit(aggregate, batches)
+        fit_s = time.perf_counter() - start
     stalls = checkpoint.stalls if checkpoint is not None else []
     size_bytes = sum(p.stat().st_size for p in folder.glob("*.ckpt") if p.name != "last.ckpt")
     return {
@@ -118,8 +120,10 @@ def run_variant(size: str, variant: str, checkpoints: int, every: int, folder: P
     }
 
 
-def _time_background_writes(writes: list[float]) -> None:
-    """Record how long each background write takes (the writer thread's ``write_files``: the file, ``last.ckpt``)."""
+@contextlib.contextmanager
+def _timed_background_writes(writes: list[float]) -> Iterator[None]:
+    """Record how long each background write takes (the writer thread's ``write_files``: the file, ``last.ckpt``)
+    during the block."""
     from torchsystem_trainer.callbacks import checkpoint_writes
 
     real_write = checkpoint_writes.write_files
@@ -132,6 +136,10 @@ def _time_background_writes(writes: list[float]) -> None:
             writes.append(time.perf_counter() - start)
 
     checkpoint_writes.write_files = timed  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        checkpoint_writes.write_files = real_write  # type: ignore[assignment]
 
 
 def _median(values: list[float]) -> float:
@@ -222,12 +230,17 @@ def main(argv: list[str] | None = None) -> None:
         for size in sizes:
             every = options.every or {"10M": 6, "100M": 10}.get(size, 2)
             for variant in VARIANTS[round_ % 3 :] + VARIANTS[: round_ % 3]:
-                command = [
-                    sys.executable, "-m", "benchmarks.checkpoint", "--variant", variant, "--size", size,
-                    "--checkpoints", str(checkpoints), "--every", str(every),
-                ]  # fmt: skip
-                done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
-                results.append({**json.loads(done.stdout.strip().splitlines()[-1]), "round": round_})
+                if options.quick:  # a smoke run checks the code path, not the timings: no interpreter start
+                    with tempfile.TemporaryDirectory(prefix="checkpoint-bench-") as folder:
+                        result = run_variant(size, variant, checkpoints, every, Path(folder))
+                else:
+                    command = [
+                        sys.executable, "-m", "benchmarks.checkpoint", "--variant", variant, "--size", size,
+                        "--checkpoints", str(checkpoints), "--every", str(every),
+                    ]  # fmt: skip
+                    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True)
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                results.append({**result, "round": round_})
                 stalls = ", ".join(f"{value:.3f}" for value in results[-1]["stalls_s"])
                 fit = results[-1]["fit_s"]
                 print(f"round {round_} {size} {variant}: fit {fit:.1f} s, stalls [{stalls}] s", flush=True)
