@@ -30,7 +30,7 @@ def wait_until(predicate: Any, seconds: float = 30.0) -> None:
 
 
 def test_a_rank_waiting_in_a_collective_is_reported_once_with_the_others_state(store, caplog):
-    waiting, working = (CollectiveWatchdog(store, rank, 2, warn_after=0.2, interval=0.05) for rank in (0, 1))
+    waiting, working = (CollectiveWatchdog(store, rank, 2, warn_after=1.0, interval=0.05) for rank in (0, 1))
     caplog.set_level(logging.WARNING, logger="torchsystem_trainer.strategies.watchdog")
     working.start()
     waiting.start()
@@ -39,8 +39,7 @@ def test_a_rank_waiting_in_a_collective_is_reported_once_with_the_others_state(s
         working.leave()  # rank 1 finished its collective and moves on
         waiting.enter("all_reduce(max)")  # rank 0 waits in the next one
         wait_until(lambda: waiting.reports == 1 and working.reports_of(0) == 1)
-        waiting.leave()
-    finally:
+    finally:  # stopped still in the collective: a leave() first could, on a loaded machine, be a second stall
         waiting.stop()
         working.stop()
     reports = [record.getMessage() for record in caplog.records if record.getMessage().startswith("rank 0")]

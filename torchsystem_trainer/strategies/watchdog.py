@@ -95,11 +95,11 @@ class CollectiveWatchdog:
         self.store, self.rank, self.world_size, self.warn_after = store, rank, world_size, float(warn_after)
         self.interval = min(1.0, self.warn_after / 4) if interval is None else float(interval)
         self.reports = 0
-        self._finished = 0
-        self._waiting = ""
-        self._since = time.monotonic()  # when the current collective began, or the last one ended
+        # (the collective waited in or "", when it began or the last one ended, collectives finished): one tuple,
+        # replaced whole by the training thread, so the watchdog's thread reads the three of one moment
+        self._now: tuple[str, float, int] = ("", time.monotonic(), 0)
         self._failed: tuple[str, float] | None = None  # the collective that failed: its name, how long it waited
-        self._reported = -1  # the value of _finished at the last report: one report per stall
+        self._reported = -1  # the collectives finished at the last report: one report per stall
         self._beat = 0
         self._peers: dict[int, PeerState] = {rank: PeerState() for rank in range(world_size) if rank != self.rank}
         self._changed: dict[int, float] = {}
@@ -110,22 +110,23 @@ class CollectiveWatchdog:
 
     def enter(self, name: str) -> None:
         """A collective begins (``name``: what it is, e.g. ``"all_reduce"``)."""
-        self._waiting, self._since = name, time.monotonic()
+        self._now = (name, time.monotonic(), self._now[2])
 
     def leave(self, failed: bool = False) -> None:
         """The collective begun last has finished, or ``failed`` (raised)."""
+        waiting, since, finished = self._now
         now = time.monotonic()
-        self._finished += 1
         if failed:
-            self._failed = (self._waiting, now - self._since)
-        self._waiting, self._since = "", now
+            self._failed = (waiting, now - since)
+        self._now = ("", now, finished + 1)
 
     # -- life -----------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start watching, from now (the thread is a daemon: it never keeps the process alive)."""
         if self._thread is None:
-            self._waiting, self._since, self._reported, self._failed = "", time.monotonic(), -1, None
+            self._now = ("", time.monotonic(), self._now[2])
+            self._reported, self._failed = -1, None
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="torchsystem-collective-watchdog", daemon=True)
             self._thread.start()
@@ -143,7 +144,7 @@ class CollectiveWatchdog:
 
     def waited_s(self) -> float:
         """Seconds this rank has waited in the current collective, or since it finished the last one."""
-        return time.monotonic() - self._since
+        return time.monotonic() - self._now[1]
 
     def failed_collective(self) -> tuple[str, float] | None:
         """The collective that failed since :meth:`start`, if any: its name and how long it waited, seconds."""
@@ -183,22 +184,23 @@ class CollectiveWatchdog:
                 return
 
     def _tick(self) -> None:
-        waited = time.monotonic() - self._since
+        waiting, since, finished = self._now
+        waited = time.monotonic() - since
         stalled = waited >= self.warn_after
         where = _main_thread_frames() if stalled else ""
-        report = stalled and self._reported != self._finished
+        report = stalled and self._reported != finished
         if report:
-            self._reported = self._finished
+            self._reported = finished
             self.reports += 1
         self._beat += 1
-        state = f"{self._beat}|{self._finished}|{self._waiting}|{waited:.3f}|{self.reports}|{where}"
+        state = f"{self._beat}|{finished}|{waiting}|{waited:.3f}|{self.reports}|{where}"
         self.store.set(f"rank/{self.rank}", state)
         self._read_peers()
         if report:
             doing = (
-                f"in {self._waiting} (collective #{self._finished + 1})"
-                if self._waiting
-                else f"without finishing a collective (the last was #{self._finished}; DDP's gradient all-reduce in "
+                f"in {waiting} (collective #{finished + 1})"
+                if waiting
+                else f"without finishing a collective (the last was #{finished}; DDP's gradient all-reduce in "
                 "the backward pass, a data loader or this rank's own computation)"
             )
             logger.warning(
