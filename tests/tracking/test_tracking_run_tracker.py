@@ -286,6 +286,7 @@ def test_experiment_phase_and_metric_names_are_stored_verbatim(store_url: str, n
     # a phase and a metric of that name, through the same unit of work the callback uses
     assert tracker._writer is not None
     tracker._writer.submit("test", units.write_phase(tracker.run_id or "", name, 0, 4, {name: 1.5}, None, now_ms()))
+    assert tracker.flush()
     with Tracker(store_url) as store:
         assert [e.name for e in store.experiments()] == [name]
         assert store.runs(experiment=name)[0].id == tracker.run_id
@@ -306,6 +307,7 @@ def test_nan_and_infinite_results_read_back(sqlite_url: str) -> None:
     assert tracker._writer is not None
     tracker._writer.submit("t", units.write_phase(tracker.run_id or "", "x", 0, 4,
                                                   {"nan": math.nan, "inf": math.inf}, None, now_ms()))
+    assert tracker.flush()
     with Tracker(sqlite_url) as store:
         values = {m.name: m.value for m in store.metrics(tracker.run_id, phase="x")}
     assert math.isnan(values["nan"]) and values["inf"] == math.inf

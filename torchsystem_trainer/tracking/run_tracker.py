@@ -1,7 +1,8 @@
 """``RunTracker``: the callback that writes every fit into the run store.
 
 A consumer of the Trainer's events (:mod:`torchsystem_trainer.events`) that runs in the process of global rank 0
-only. What it writes, and when (each line one transaction):
+only. What it writes, and when (each line one transaction, run by the writer's thread in this order: the training
+thread does not wait for the store; a fit's end waits until everything is written):
 
 =======================  ==================================================================================
 event                    written
